@@ -1,0 +1,127 @@
+"""JSONL manifests: one utterance per line with id, audio path, text, duration and voice.
+
+Audio paths are relative to the manifest's folder. A split may carry a checksum file
+(`NAME.sha256`) holding the SHA-256 of the manifest bytes; each line may carry the SHA-256
+of its audio file. The loader verifies both when present.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from arena.asr.text import TextError, normalize_text
+
+SAMPLE_RATE = 16_000
+REQUIRED = ("id", "audio", "text")
+
+
+class ManifestError(ValueError):
+    """Bad corpus input; the message names the file and, where there is one, the line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    audio: Path
+    text: str
+    duration: float
+    voice: str = ""
+    sha256: str = ""
+    source: str = field(default="", compare=False)  # "manifest:line" for error messages
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_path(manifest: Path) -> Path:
+    return manifest.with_suffix(".sha256")
+
+
+def read_manifest(path, verify: bool = True) -> list[Utterance]:
+    """Parse and check a manifest; raise ManifestError naming file and line on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    raw = path.read_bytes()
+    check = checksum_path(path)
+    if verify and check.is_file():
+        expected = check.read_text().split()[0]
+        actual = hashlib.sha256(raw).hexdigest()
+        if expected != actual:
+            raise ManifestError(f"{path}: checksum mismatch (expected {expected[:12]}…, "
+                                f"got {actual[:12]}…); the manifest was modified or is incomplete")
+    out, seen = [], set()
+    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: broken JSON line ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+        try:
+            text = normalize_text(str(row["text"]), strict=True)
+        except TextError as e:
+            raise ManifestError(f"{where}: {e}") from None
+        uid = str(row["id"])
+        if uid in seen:
+            raise ManifestError(f"{where}: duplicate id {uid!r}")
+        seen.add(uid)
+        audio = (path.parent / str(row["audio"])).resolve()
+        out.append(Utterance(id=uid, audio=audio, text=text,
+                             duration=float(row.get("duration", 0.0)),
+                             voice=str(row.get("voice", "")), sha256=str(row.get("sha256", "")),
+                             source=where))
+    if not out:
+        raise ManifestError(f"{path}: manifest has no utterances")
+    return out
+
+
+def load_audio(utt: Utterance, verify: bool = False) -> np.ndarray:
+    """Mono float32 waveform at 16 kHz; ManifestError on missing, stereo, wrong rate."""
+    where = utt.source or str(utt.audio)
+    if not utt.audio.is_file():
+        raise ManifestError(f"{where}: audio file {utt.audio} not found")
+    if verify and utt.sha256 and sha256_file(utt.audio) != utt.sha256:
+        raise ManifestError(f"{where}: audio file {utt.audio} does not match its checksum")
+    try:
+        wave, rate = sf.read(str(utt.audio), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt files
+        raise ManifestError(f"{where}: cannot decode audio {utt.audio}: {e}") from None
+    if rate != SAMPLE_RATE:
+        raise ManifestError(f"{where}: {utt.audio} has sample rate {rate} Hz, expected {SAMPLE_RATE}")
+    if wave.shape[1] != 1:
+        raise ManifestError(f"{where}: {utt.audio} has {wave.shape[1]} channels, expected mono")
+    if wave.shape[0] == 0:
+        raise ManifestError(f"{where}: {utt.audio} is empty")
+    wave = wave[:, 0]
+    if not np.isfinite(wave).all():
+        raise ManifestError(f"{where}: {utt.audio} holds NaN or infinite samples")
+    return wave
+
+
+def write_manifest(path, rows: list[dict]) -> str:
+    """Write JSONL rows (sorted keys, one per line) and the checksum file; return the hash."""
+    path = Path(path)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    checksum_path(path).write_text(f"{digest}  {path.name}\n")
+    return digest
