@@ -1,6 +1,3 @@
-"""Speech data: the built-in synthetic corpus, manifests, loaders and batching."""
-from arena.data.manifest import Utterance, ManifestError, read_manifest, load_audio
-from arena.data.corpus import CorpusSpec, ensure_split, build_split
-
-__all__ = ["Utterance", "ManifestError", "read_manifest", "load_audio", "CorpusSpec",
-           "ensure_split", "build_split"]
+"""Speech data: the built-in synthetic corpus (corpus, synth, lexicon), manifests, loaders
+(manifest, librispeech) and batching. Import the submodules; this package imports nothing
+so that the synthesis server stays small."""

@@ -127,31 +127,6 @@ def plan_split(spec: CorpusSpec) -> list[dict]:
     return plan
 
 
-def _synth_in_fork(synth, text, setting):
-    """Synthesise in a child forked from a fresh synthesizer so no state carries over."""
-    import numpy as np
-
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(read_fd)
-            pcm = synth.synthesize_raw(text, setting)
-            with os.fdopen(write_fd, "wb") as f:
-                f.write(pcm.tobytes())
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
-        raise RuntimeError(f"synthesis failed for {text!r} with {setting}")
-    return np.frombuffer(data, dtype=np.float32).copy()
-
-
 _WORKER_SYNTH = None
 
 
@@ -160,9 +135,9 @@ def _init_worker():
     import torch
 
     torch.set_num_threads(1)
-    from arena.data.synth import EspeakSynth
+    from arena.data.synth_server import SynthClient
 
-    _WORKER_SYNTH = EspeakSynth.get()
+    _WORKER_SYNTH = SynthClient()
 
 
 def _render_chunk(args):
@@ -174,7 +149,7 @@ def _render_chunk(args):
     out = []
     for row in rows:
         setting = VoiceSetting(row["accent"], row["variant"], row["rate"], row["pitch"])
-        pcm = _synth_in_fork(_WORKER_SYNTH, row["text"], setting)
+        pcm = _WORKER_SYNTH.synthesize_raw(row["text"], setting)
         wave = finish_waveform(pcm, _WORKER_SYNTH.native_rate)
         path = Path(audio_dir) / f"{row['id']}.flac"
         sf.write(str(path), wave, 16_000, format="FLAC", subtype="PCM_16")

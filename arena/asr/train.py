@@ -1,0 +1,169 @@
+"""Training loop for CTC models, with checkpointing and resume, on CPU or CUDA.
+
+The loop is shared with compression-aware fine-tuning: `hooks` are called before and after
+each optimiser step so a compression algorithm can update masks or schedules.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arena.asr.models import ASRModel, save_checkpoint
+from arena.data.batching import AudioSet, length_batches, pad_waves
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_seconds: float = 60.0  # padded audio per batch
+    lr: float = 1.5e-3
+    warmup: int = 300
+    final_lr_fraction: float = 0.05
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    noise_prob: float = 0.5  # additive white noise at 15-40 dB SNR
+    seed: int = 0
+    checkpoint_every: int = 200
+    eval_every: int = 500
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast on CUDA
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    floor = cfg.final_lr_fraction
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ctc_loss(model: ASRModel, wave, lengths, texts, reduction="mean"):
+    targets, target_lengths = model.tokenizer.encode_batch(texts)
+    log_probs, out_lengths = model(wave, lengths)
+    return F.ctc_loss(log_probs.transpose(0, 1), targets.to(wave.device), out_lengths,
+                      target_lengths.to(wave.device), blank=0, reduction=reduction,
+                      zero_infinity=True)
+
+
+def _augment(wave, lengths, rng: np.random.Generator, cfg: TrainConfig):
+    gain = torch.from_numpy(rng.uniform(0.25, 1.0, size=(wave.shape[0], 1)).astype(np.float32))
+    wave = wave * gain.to(wave.device)
+    if cfg.noise_prob > 0:
+        snr = rng.uniform(15, 40, size=(wave.shape[0], 1)).astype(np.float32)
+        use = rng.random(size=(wave.shape[0], 1)) < cfg.noise_prob
+        power = wave.pow(2).sum(1, keepdim=True) / lengths[:, None].clamp_min(1)
+        scale = torch.sqrt(power / torch.from_numpy(10 ** (snr / 10)).to(wave.device))
+        noise = torch.randn(wave.shape, generator=None, device=wave.device) * scale
+        mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        wave = wave + noise * torch.from_numpy(use).to(wave.device) * mask
+    return wave
+
+
+def _save_state(path: Path, model, opt, state: TrainState, cfg: TrainConfig):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": state.step,
+                "history": state.history, "config": asdict(cfg),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
+
+
+def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
+          dev: AudioSet | None = None, resume: bool = True, progress: bool = True,
+          hooks: list[Callable] | None = None, log: Callable[[str], None] = print) -> TrainState:
+    """Train `model` in place for cfg.steps optimiser steps; returns the final state.
+
+    `out_dir/state.pt` holds the resumable state; `out_dir/log.jsonl` one line per
+    logged step. A hook is called as hook(event, model, step) with event 'before_step'
+    (after backward, before the optimiser) or 'after_step'.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from arena.asr.evaluate import evaluate
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    state = TrainState()
+    state_path = out_dir / "state.pt"
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = TrainState(saved["step"], saved["history"])
+        torch.set_rng_state(saved["torch_rng"])
+        log(f"resumed from {state_path} at step {state.step}")
+    torch.manual_seed(cfg.seed + state.step)
+    hooks = hooks or []
+    epoch = 0
+    batches = []
+    log_file = open(out_dir / "log.jsonl", "a")
+    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+    t0 = time.time()
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
+        while state.step < cfg.steps:
+            if not batches:
+                # a fresh, seeded shuffle per epoch; resume skips ahead deterministically
+                batches = length_batches(data.durations, cfg.batch_seconds, shuffle=True,
+                                         seed=cfg.seed * 1000 + epoch)
+                epoch += 1
+            idx = batches.pop()
+            rng = np.random.default_rng(cfg.seed * 1_000_003 + state.step)
+            wave, lengths = pad_waves([data.wave(i) for i in idx])
+            wave, lengths = wave.to(device), lengths.to(device)
+            wave = _augment(wave, lengths, rng, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, state.step)
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=cfg.amp and device.type == "cuda"):
+                loss = ctc_loss(model, wave, lengths, [data.texts[i] for i in idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for h in hooks:
+                h("before_step", model, state.step)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if math.isfinite(grad_norm):
+                opt.step()
+            for h in hooks:
+                h("after_step", model, state.step)
+            state.step += 1
+            record = {"step": state.step, "loss": round(float(loss), 4),
+                      "lr": round(lr_at(cfg, state.step - 1), 6), "grad_norm": round(grad_norm, 3),
+                      "elapsed_s": round(time.time() - t0, 1)}
+            if dev is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                res = evaluate(model, dev, device=device)
+                model.train()
+                record.update(dev_wer=round(res.wer, 4), dev_cer=round(res.cer, 4))
+                log(f"step {state.step}: dev WER {res.wer:.3f} CER {res.cer:.3f}")
+            if state.step % 10 == 0 or "dev_wer" in record:
+                state.history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            bar.update(task, completed=state.step,
+                       info=f"loss {float(loss):.3f} lr {record['lr']:.2e}")
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                _save_state(state_path, model, opt, state, cfg)
+    log_file.close()
+    model.eval()
+    return state
