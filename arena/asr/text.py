@@ -24,8 +24,12 @@ def normalize_text(text: str, strict: bool = False) -> str:
     Accents are folded (café -> cafe), hyphens become spaces, other symbols are dropped.
     With strict=True an empty result raises TextError instead of returning "".
     """
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    folded = folded.lower().replace("-", " ").replace("\u2019", "'")
+    # punctuation (dashes, slashes, quotes other than the apostrophe) separates words
+    spaced = "".join(" " if unicodedata.category(c).startswith(("P", "Z")) and c not in "'\u2019"
+                     else c for c in text)
+    folded = unicodedata.normalize("NFKD", spaced.replace("\u2019", "'"))
+    folded = folded.encode("ascii", "ignore").decode()
+    folded = folded.lower()
     folded = _DROP.sub(" ", _SPACES.sub(" ", folded))
     out = _SPACES.sub(" ", folded).strip()
     if strict and not any(c.isalpha() for c in out):

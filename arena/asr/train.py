@@ -74,11 +74,19 @@ def _augment(wave, lengths, rng: np.random.Generator, cfg: TrainConfig):
     return wave
 
 
+def batch_stream(durations, cfg: TrainConfig):
+    """Length-bucketed batches forever, reshuffled per epoch from the seed."""
+    epoch = 0
+    while True:
+        yield from length_batches(durations, cfg.batch_seconds, shuffle=True,
+                                  seed=cfg.seed * 1000 + epoch)
+        epoch += 1
+
+
 def _save_state(path: Path, model, opt, state: TrainState, cfg: TrainConfig):
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": state.step,
-                "history": state.history, "config": asdict(cfg),
-                "torch_rng": torch.get_rng_state()}, tmp)
+                "history": state.history, "config": asdict(cfg)}, tmp)
     tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
 
 
@@ -91,10 +99,6 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
     logged step. A hook is called as hook(event, model, step) with event 'before_step'
     (after backward, before the optimiser) or 'after_step'.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from arena.asr.evaluate import evaluate
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
@@ -110,25 +114,33 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         state = TrainState(saved["step"], saved["history"])
-        torch.set_rng_state(saved["torch_rng"])
         log(f"resumed from {state_path} at step {state.step}")
-    torch.manual_seed(cfg.seed + state.step)
     hooks = hooks or []
-    epoch = 0
-    batches = []
-    log_file = open(out_dir / "log.jsonl", "a")
+    stream = batch_stream(data.durations, cfg)
+    for _ in range(state.step):  # resume where the uninterrupted run would be
+        next(stream)
+    with open(out_dir / "log.jsonl", "a") as log_file:
+        _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
+                   progress, log)
+    model.eval()
+    return state
+
+
+def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
+               progress, log):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from arena.asr.evaluate import evaluate
+
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
     t0 = time.time()
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
         while state.step < cfg.steps:
-            if not batches:
-                # a fresh, seeded shuffle per epoch; resume skips ahead deterministically
-                batches = length_batches(data.durations, cfg.batch_seconds, shuffle=True,
-                                         seed=cfg.seed * 1000 + epoch)
-                epoch += 1
-            idx = batches.pop()
+            idx = next(stream)
+            # every random draw of a step depends only on (seed, step): resume == no interruption
+            torch.manual_seed(cfg.seed * 1_000_003 + state.step)
             rng = np.random.default_rng(cfg.seed * 1_000_003 + state.step)
             wave, lengths = pad_waves([data.wave(i) for i in idx])
             wave, lengths = wave.to(device), lengths.to(device)
@@ -148,7 +160,7 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
             for h in hooks:
                 h("after_step", model, state.step)
             state.step += 1
-            record = {"step": state.step, "loss": round(float(loss), 4),
+            record = {"step": state.step, "loss": round(loss.item(), 4),
                       "lr": round(lr_at(cfg, state.step - 1), 6), "grad_norm": round(grad_norm, 3),
                       "elapsed_s": round(time.time() - t0, 1)}
             if dev is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
@@ -161,9 +173,6 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
             bar.update(task, completed=state.step,
-                       info=f"loss {float(loss):.3f} lr {record['lr']:.2e}")
+                       info=f"loss {record['loss']:.3f} lr {record['lr']:.2e}")
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 _save_state(state_path, model, opt, state, cfg)
-    log_file.close()
-    model.eval()
-    return state

@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from arena.data import corpus
+from arena.data.batching import AudioSet, length_batches, pad_waves
+from arena.data.corpus import CorpusSpec, build_split, plan_split, seed_tag
+from arena.data.lexicon import TEMPLATES, lexicon
+from arena.data.manifest import ManifestError, load_audio, read_manifest, write_manifest
+
+
+def test_lexicon_and_templates_are_big_enough():
+    assert len(TEMPLATES) >= 40
+    assert len(lexicon()) >= 1000
+
+
+def test_split_plans_are_disjoint_in_voices_and_sentences():
+    plans = {s: plan_split(CorpusSpec(s)) for s in ("train", "dev", "test")}
+    assert [len(plans[s]) for s in ("train", "dev", "test")] == [20_000, 500, 1_000]
+    voices = {s: {f"{r['accent']}+{r['variant']}" for r in p} for s, p in plans.items()}
+    texts = {s: {r["text"] for r in p} for s, p in plans.items()}
+    for held_out in ("dev", "test"):
+        assert not voices[held_out] & voices["train"]
+        assert not texts[held_out] & texts["train"]
+    assert not texts["dev"] & texts["test"]
+    assert not voices["dev"] & voices["test"]
+    # a private test seed gives other sentences but still never a training voice or sentence
+    private = plan_split(CorpusSpec("test", seed=987654))
+    assert {r["text"] for r in private} != texts["test"]
+    assert not {f"{r['accent']}+{r['variant']}" for r in private} & voices["train"]
+    assert not {r["text"] for r in private} & texts["train"]
+
+
+def test_same_seed_gives_byte_identical_corpus(tmp_path, monkeypatch):
+    sums = []
+    for name in ("a", "bb"):  # different paths and heap layouts must not matter
+        monkeypatch.setenv("ARENA_DATA", str(tmp_path / name))
+        manifest = build_split(CorpusSpec("dev", seed=5, size=12), workers=2, progress=False)
+        sums.append(manifest.with_suffix(".sha256").read_text().split()[0])
+        rows = read_manifest(manifest)
+        assert len(rows) == 12
+        wave = load_audio(rows[0], verify=True)
+        assert wave.dtype == np.float32 and 0.1 < np.abs(wave).max() <= 1.0
+    assert sums[0] == sums[1]
+    monkeypatch.setenv("ARENA_DATA", str(tmp_path / "c"))
+    other = build_split(CorpusSpec("dev", seed=6, size=12), workers=1, progress=False)
+    assert other.with_suffix(".sha256").read_text().split()[0] != sums[0]
+
+
+def test_test_seed_from_environment(monkeypatch):
+    monkeypatch.setenv(corpus.TEST_SEED_ENV, "4242")
+    assert corpus.resolve_seed("test") == 4242
+    assert corpus.resolve_seed("dev") == corpus.DEFAULT_SEED
+    assert corpus.resolve_seed("test", 7) == 7
+    assert seed_tag(4242) != seed_tag(corpus.DEFAULT_SEED) and "4242" not in seed_tag(4242)
+
+
+def _write(tmp_path, rows, audio=None):
+    for name, (wave, rate) in (audio or {}).items():
+        sf.write(tmp_path / name, wave, rate)
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GOOD = np.sin(np.linspace(0, 300, 8000)).astype(np.float32) * 0.5
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    ok = {"id": "a", "audio": "a.flac", "text": "Hello, World!"}
+    path = _write(tmp_path, [ok, "{not json"], {"a.flac": (GOOD, 16000)})
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: broken JSON"):
+        read_manifest(path)
+    path = _write(tmp_path, [ok, {"id": "b", "audio": "b.flac", "text": "  ?? "}])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: .*no letters"):
+        read_manifest(path)
+    path = _write(tmp_path, [{"id": "b", "audio": "b.flac", "text": ""}])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1"):
+        read_manifest(path)
+    path = _write(tmp_path, [{"id": "b", "text": "x"}])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: missing field\(s\) audio"):
+        read_manifest(path)
+    rows = read_manifest(_write(tmp_path, [ok]))
+    assert rows[0].text == "hello world"
+
+
+@pytest.mark.parametrize("name,wave,rate,message", [
+    ("missing.flac", None, None, "not found"),
+    ("rate.flac", GOOD, 22050, "sample rate 22050"),
+    ("stereo.flac", np.stack([GOOD, GOOD], 1), 16000, "2 channels"),
+])
+def test_audio_errors_name_file_and_line(tmp_path, name, wave, rate, message):
+    audio = {} if wave is None else {name: (wave, rate)}
+    path = _write(tmp_path, [{"id": "x", "audio": name, "text": "hi"}], audio)
+    utt = read_manifest(path)[0]
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:1: .*{message}"):
+        load_audio(utt)
+
+
+def test_corrupt_audio_and_checksum(tmp_path):
+    (tmp_path / "bad.flac").write_bytes(b"fLaC garbage")
+    rows = [{"id": "x", "audio": "bad.flac", "text": "hi"}]
+    path = tmp_path / "m.jsonl"
+    write_manifest(path, rows)
+    with pytest.raises(ManifestError, match="cannot decode"):
+        load_audio(read_manifest(path)[0])
+    path.write_text(path.read_text().replace("hi", "ho"))
+    with pytest.raises(ManifestError, match="checksum mismatch"):
+        read_manifest(path)
+
+
+def test_librispeech_layout(tmp_path):
+    from arena.data.librispeech import librispeech_utterances
+
+    chapter = tmp_path / "LibriSpeech" / "test-clean" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    for i in range(3):
+        sf.write(chapter / f"84-121123-000{i}.flac", GOOD[: 2000 * (i + 1)], 16000)
+    (chapter / "84-121123.trans.txt").write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n"
+        "84-121123-0002 THE STAIRCASE GROANED\n")
+    utts = librispeech_utterances(tmp_path, "test-clean")
+    assert [u.text for u in utts] == ["go do you hear", "but in less than five minutes",
+                                      "the staircase groaned"]
+    assert len(load_audio(utts[2])) == 6000
+    with pytest.raises(ManifestError, match="no LibriSpeech subset"):
+        librispeech_utterances(tmp_path, "dev-other")
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO\n")
+    with pytest.raises(ManifestError, match="Translation not found"):
+        librispeech_utterances(tmp_path, "test-clean")
+
+
+def test_length_batches_respect_budget_and_cover_everything():
+    durations = np.random.default_rng(0).uniform(0.5, 4.0, 200)
+    batches = length_batches(durations, max_seconds=20.0, shuffle=True, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) == 1 or max(durations[b]) * len(b) <= 20.0
+    wave, lengths = pad_waves([np.ones(3), np.ones(5)])
+    assert wave.shape == (2, 5) and lengths.tolist() == [3, 5] and wave[0, 3:].abs().sum() == 0
+
+
+def test_audioset_roundtrip(tmp_path):
+    path = _write(tmp_path, [{"id": "a", "audio": "a.flac", "text": "hello"}], {"a.flac": (GOOD, 16000)})
+    ds = AudioSet.from_manifest(path)
+    assert ds.texts == ["hello"] and abs(ds.durations[0] - 0.5) < 1e-6
+    assert np.abs(ds.wave(0) - GOOD).max() < 1e-3

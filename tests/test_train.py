@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import torch
+
+from arena.asr.models import build_model
+from arena.asr.train import TrainConfig, lr_at, train
+from arena.data.batching import AudioSet
+
+from conftest import TINY
+
+
+def _toy_set(n=12):
+    rng = np.random.default_rng(0)
+    audio = [(rng.standard_normal(int(rng.integers(4000, 9000))) * 3000).astype(np.int16)
+             for _ in range(n)]
+    return AudioSet([f"u{i}" for i in range(n)], [["call mom", "play jazz", "stop"][i % 3]
+                                                    for i in range(n)], audio)
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    data = _toy_set()
+    cfg = TrainConfig(steps=6, batch_seconds=2.0, warmup=2, checkpoint_every=2, eval_every=0)
+    torch.manual_seed(0)
+    straight = build_model("conformer-ctc", **TINY)
+    train(straight, data, cfg, tmp_path / "a", progress=False)
+
+    torch.manual_seed(0)
+    first = build_model("conformer-ctc", **TINY)
+
+    def crash(event, model, step):  # killed during the fifth step, after the step-4 checkpoint
+        if step == 4 and event == "before_step":
+            raise KeyboardInterrupt
+
+    try:
+        train(first, data, cfg, tmp_path / "b", progress=False, hooks=[crash])
+    except KeyboardInterrupt:
+        pass
+    # a new process would build a fresh model and resume from the checkpoint
+    torch.manual_seed(123)
+    resumed = build_model("conformer-ctc", **TINY)
+    logs = []
+    state = train(resumed, data, cfg, tmp_path / "b", progress=False, log=logs.append)
+    assert state.step == 6 and any("resumed" in line and "step 4" in line for line in logs)
+    assert torch.allclose(_params(straight), _params(resumed), atol=1e-6)
+    lines = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(l["loss"]) for l in lines)
+
+
+def test_training_reduces_loss(tmp_path):
+    data = _toy_set(6)
+    torch.manual_seed(0)
+    model = build_model("conformer-ctc", **TINY)
+    cfg = TrainConfig(steps=40, batch_seconds=4.0, warmup=5, lr=3e-3, noise_prob=0.0,
+                      eval_every=0, checkpoint_every=40)
+    state = train(model, data, cfg, tmp_path, progress=False)
+    losses = [h["loss"] for h in state.history]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, final_lr_fraction=0.1)
+    assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 9) == 1.0
+    assert abs(lr_at(cfg, 100) - 0.1) < 1e-9 and lr_at(cfg, 50) < lr_at(cfg, 20)
