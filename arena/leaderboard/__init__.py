@@ -1,0 +1,1 @@
+"""Ranking and rendering: terminal, CSV/JSON, a static HTML page with images."""

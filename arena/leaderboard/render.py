@@ -1,0 +1,188 @@
+"""Rendering a built leaderboard: rich terminal tables, CSV/JSON files, static HTML page."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+
+def _fmt(v, digits=3):
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.{digits}f}"
+    if v is None:
+        return "—"
+    if isinstance(v, (list, tuple)):
+        return "; ".join(str(x) for x in v)[:80]
+    return str(v)
+
+
+TRACK_COLUMNS = {
+    "attacks": ["rank", "name", "score", "adv_wer", "snr_db", "cells", "errors"],
+    "targeted_attacks": ["rank", "name", "score", "cer_to_target", "delta_wer", "cells", "errors"],
+    "defenses": ["rank", "name", "score", "clean_wer", "regressed", "cells", "errors"],
+}
+TRACK_TITLES = {
+    "attacks": "Untargeted attacks — score: mean ΔWER over defenses × models × budgets (higher is stronger)",
+    "targeted_attacks": "Targeted attacks — score: exact-match rate of the target (higher is stronger)",
+    "defenses": "Defenses — score: WER under the worst attack per utterance (lower is better)",
+}
+
+
+def scope_line(board: dict) -> str:
+    s = board["scope"]
+    return (f"profile {s.get('profile')} · split {s.get('split')} (seed {s.get('seed_tag')}) · "
+            f"{s.get('n_utterances')} utterances · budgets {', '.join(s.get('budgets') or [])} · "
+            f"device {s.get('device')}")
+
+
+def print_terminal(board: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]ASR Arena leaderboard[/bold] — {scope_line(board)}")
+    for key, cols in TRACK_COLUMNS.items():
+        table = Table(title=TRACK_TITLES[key], title_justify="left")
+        for c in cols:
+            table.add_column(c)
+        for r in board[key]:
+            table.add_row(*[_fmt(r.get(c)) for c in cols])
+        console.print(table)
+    if board["model_robustness"]:
+        models = sorted({k for r in board["model_robustness"] for k in r if k != "attack"})
+        table = Table(title="ΔWER per target model, no defense (how compression changes robustness)",
+                      title_justify="left")
+        table.add_column("attack")
+        for m in models:
+            table.add_column(m)
+        for r in board["model_robustness"]:
+            table.add_row(r["attack"], *[_fmt(r.get(m)) for m in models])
+        console.print(table)
+
+
+def write_files(board: dict, out_dir) -> list[Path]:
+    """CSV per table, leaderboard.json, images and index.html in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key in ("attacks", "targeted_attacks", "defenses", "model_robustness", "transfer", "clean", "cells"):
+        path = out / f"{key}.csv"
+        pd.DataFrame(board[key]).to_csv(path, index=False)
+        written.append(path)
+    path = out / "leaderboard.json"
+    path.write_text(json.dumps(to_json(board), indent=2, default=str))
+    written.append(path)
+    written += plot_images(board, out)
+    path = out / "index.html"
+    path.write_text(to_html(board))
+    written.append(path)
+    return written
+
+
+def to_json(board: dict) -> dict:
+    return {k: board[k] for k in ("scope", "attacks", "targeted_attacks", "defenses",
+                                  "model_robustness", "transfer", "clean", "report")}
+
+
+def to_csv(board: dict) -> str:
+    frames = []
+    for key in ("attacks", "targeted_attacks", "defenses"):
+        df = pd.DataFrame(board[key])
+        if not df.empty:
+            df.insert(0, "track", key)
+            frames.append(df.drop(columns=[c for c in ("by_budget",) if c in df.columns]))
+    return pd.concat(frames).to_csv(index=False) if frames else ""
+
+
+def plot_images(board: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = pd.DataFrame(board["cells"])
+    written = []
+    if rows.empty:
+        return written
+    untargeted = rows[rows["track"] == "attack"]
+    for name, index, columns in (("heatmap_attack_defense.png", "attack", "defense"),
+                                 ("heatmap_attack_model.png", "attack", "model")):
+        if untargeted.empty:
+            continue
+        sub = untargeted if columns == "defense" else untargeted[untargeted["defense"] == "none"]
+        if sub.empty:
+            continue
+        pivot = sub.pivot_table(index=index, columns=columns, values="delta_wer", aggfunc="mean")
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(pivot.columns), 1 + 0.5 * len(pivot.index)))
+        im = ax.imshow(pivot.values, cmap="magma", aspect="auto", vmin=0,
+                       vmax=max(0.05, float(pd.DataFrame(pivot).max().max())))
+        ax.set_xticks(range(len(pivot.columns)), pivot.columns, rotation=30, ha="right")
+        ax.set_yticks(range(len(pivot.index)), pivot.index)
+        for (i, j), v in pd.DataFrame(pivot.values).stack().items():
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="cyan", fontsize=8)
+        ax.set_title(f"mean ΔWER, {index} × {columns}" + (" (no defense)" if columns == "model" else ""))
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    curves = board["budget_curves"]
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, prefix, label in ((axes[0], "snr", "SNR budget (dB)"), (axes[1], "linf", "L∞ ε")):
+            for attack, by_budget in sorted(curves.items()):
+                pts = sorted((float(b[len(prefix):]), v) for b, v in by_budget.items() if b.startswith(prefix))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack)
+            ax.set_xlabel(label)
+            ax.set_ylabel("mean ΔWER (no defense)")
+            if prefix == "snr":
+                ax.invert_xaxis()  # larger perturbations to the right
+            else:
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "budget_curves.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "budget_curves.png")
+    return written
+
+
+def _html_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p><em>no results</em></p>"
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(board: dict) -> str:
+    s = board["scope"]
+    parts = [f"<h1>ASR Arena leaderboard</h1><p class='scope'>{html.escape(scope_line(board))}. "
+             f"Produced by the <b>{html.escape(str(s.get('profile')))}</b> profile.</p>"]
+    for key, cols in TRACK_COLUMNS.items():
+        parts.append(f"<h2>{html.escape(TRACK_TITLES[key])}</h2>" + _html_table(board[key], cols))
+    parts.append("<h2>ΔWER per target model (no defense)</h2>"
+                 "<p>How compression changes robustness: the same attack, crafted against each model.</p>"
+                 + _html_table(board["model_robustness"]))
+    parts.append("<h2>Transfer: audio crafted on the dense model, transcribed by each model</h2>"
+                 + _html_table(board["transfer"]))
+    parts.append("<h2>Clean WER per model and defense</h2>" + _html_table(board["clean"]))
+    for img, title in (("heatmap_attack_defense.png", "Attack × defense"),
+                       ("heatmap_attack_model.png", "Attack × model"),
+                       ("budget_curves.png", "ΔWER versus budget")):
+        parts.append(f"<h2>{title}</h2><img src='{img}' alt='{title}'>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#eee}"
+             "img{max-width:100%}.scope{color:#555}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ASR Arena leaderboard</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

@@ -1,0 +1,1 @@
+"""Scoring: the grid of jobs, budget enforcement, metrics, failure policy, the results store."""
