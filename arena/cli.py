@@ -81,5 +81,49 @@ def eval_cmd(model_name, split, limit, device, as_json):
                    f"WER {res['wer']:.4f}  CER {res['cer']:.4f}")
 
 
+# ---- compression (issue 3)
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True)
+def models_cmd(as_json):
+    """List the zoo: file size, ratio to the dense fp32 file, WER fields."""
+    from arena.compress.catalog import list_models
+
+    rows = list_models()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("the zoo is empty")
+    for r in rows:
+        ratio = "-" if r["size_ratio"] is None else f"{100 * r['size_ratio']:.2f}%"
+        wer = "-" if r["wer"] is None else f"{r['wer']:.4f}"
+        reg = "-" if r["rel_wer_regression"] is None else f"{100 * r['rel_wer_regression']:+.1f}%"
+        click.echo(f"{r['name']:<12} {r['bytes']:>10} B  {ratio:>7} of dense  WER {wer}  "
+                   f"rel {reg}  fine-tuned {r['fine_tuned']}")
+
+
+@main.group("bench")
+def bench_group():
+    """Benchmarks (ratios against a baseline measured in the same process)."""
+
+
+@bench_group.command("models")
+@click.argument("names", nargs=-1)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--batch", type=int, default=8)
+@click.option("--seconds", type=float, default=10.0, help="Audio seconds per utterance.")
+@click.option("--repeats", type=int, default=10)
+@click.option("--json", "as_json", is_flag=True)
+def bench_models_cmd(names, device, batch, seconds, repeats, as_json):
+    """Latency and peak memory of zoo models (all by default) vs the dense baseline."""
+    from arena.compress.bench import bench_models
+
+    rows = bench_models(list(names), device=device, batch=batch, seconds=seconds,
+                        repeats=repeats, print_table=not as_json)
+    if as_json:
+        _echo_json(rows)
+# ---- end compression (issue 3)
+
+
 if __name__ == "__main__":
     main()

@@ -119,3 +119,71 @@ def test_size_target_default_model(tmp_path):
     assert rep["parts_sum"] == rep["file_bytes"]
     assert rep["dense_fp32_bytes"] > 11_000_000
     assert rep["ratio_fp32"] <= 0.094, rep
+
+
+@pytest.fixture
+def tiny_zoo(tiny, tmp_path, monkeypatch):
+    from arena.asr.models import save_checkpoint
+    from arena.models_io import zoo_path
+
+    monkeypatch.setenv("ARENA_ZOO", str(tmp_path / "zoo"))
+    save_checkpoint(tiny, zoo_path("dense"))
+    for r in ("int8", "int4+2:4"):
+        model = compress_(copy.deepcopy(tiny), parse_recipe(r))
+        export_packed(model, zoo_path(r), name=r,
+                      extra={"test_wer": 0.25, "fine_tuned": True} if r == "int8" else None)
+    cards = tmp_path / "zoo" / "cards"
+    cards.mkdir()
+    (cards / "int4+2-4.json").write_text('{"test_wer": 0.5, "rel_wer_regression": 0.2}')
+    return tmp_path / "zoo"
+
+
+def test_models_command_and_catalog(tiny_zoo):
+    import json
+
+    from click.testing import CliRunner
+
+    from arena.cli import main
+    from arena.models_io import load_model
+
+    res = CliRunner().invoke(main, ["models", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert set(rows) == {"dense", "int8", "int4+2:4"}
+    assert rows["dense"]["size_ratio"] == 1.0 and rows["dense"]["wer"] is None
+    assert rows["int8"]["wer"] == 0.25 and rows["int8"]["fine_tuned"] is True
+    assert rows["int4+2:4"]["wer"] == 0.5 and rows["int4+2:4"]["rel_wer_regression"] == 0.2
+    assert rows["int4+2:4"]["fine_tuned"] is None
+    assert rows["int4+2:4"]["bytes"] == os.path.getsize(rows["int4+2:4"]["path"])
+    assert 0 < rows["int4+2:4"]["size_ratio"] < rows["int8"]["size_ratio"] < 1
+    assert type(load_model("int4+2:4")).__name__ == "ConformerCTC"
+
+
+def test_bench_models_cpu(tiny_zoo):
+    from arena.compress.bench import bench_models
+    from arena.compress.gpu import is_2to4, to_fast_device
+
+    rows = bench_models(["int8", "int4+2:4"], device="cpu", batch=1, seconds=0.5, repeats=2,
+                        print_table=False)
+    assert [r["name"] for r in rows] == ["int8", "int4+2:4"]
+    for r in rows:
+        assert r["latency_ms"] > 0 and r["latency_ratio"] > 0 and r["baseline"].startswith("dense fp32")
+    fast = to_fast_device("int4+2:4", "cpu")
+    assert fast.fast_paths == {}
+    assert is_2to4(fast.encoder.conformer_layers[0].ffn1.sequential[1].weight)
+    assert not is_2to4(torch.ones(4, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_device_cuda_matches(tiny_zoo):
+    from arena.compress.gpu import to_fast_device
+    from arena.models_io import load_model
+
+    ref = load_model("int4+2:4")
+    fast = to_fast_device(load_model("int4+2:4"), "cuda")
+    wave, lengths = 0.1 * torch.randn(2, 8000), torch.tensor([8000, 6000])
+    with torch.no_grad():
+        a, _ = ref(wave, lengths)
+        b, _ = fast(wave.cuda(), lengths.cuda())
+    assert (a - b.cpu()).abs().max() < 0.1
