@@ -290,3 +290,41 @@ def test_train_hook_with_real_loop_shape():
         _check_nm(mod.current_mask(), 1, 4)
     sd = copy.deepcopy(model.state_dict())
     assert any(k.endswith(".mask") for k in sd)
+
+
+def test_state_dict_resume_keeps_masks_and_level():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(64, 32))
+    cfg = CompressionConfig(bits=4, n=2, m=4, schedule=Gradual(0, 10, 2))
+    compress_(a, cfg)
+    for step in range(5):
+        update_masks(a, step)
+    b = compress_(nn.Sequential(nn.Linear(64, 32)), cfg)
+    b.load_state_dict(a.state_dict())
+    assert b[0].level == a[0].level and b[0].active_nm() == a[0].active_nm() == (3, 4)
+    assert torch.equal(b[0].current_mask(), a[0].current_mask())
+
+
+def test_compression_hooks_in_train_loop(tmp_path):
+    """The real training loop with compression hooks: gradual 2:4, ste + srste, int4."""
+    import numpy as np
+
+    from arena.asr.train import TrainConfig, train
+    from arena.data.batching import AudioSet
+
+    rng = np.random.default_rng(0)
+    data = AudioSet([f"u{i}" for i in range(4)], ["hello world", "yes", "no way", "call mom"],
+                    [(rng.standard_normal(4000) * 2000).astype(np.int16) for _ in range(4)])
+    model = tiny_model()
+    cfg = parse_recipe("int4+2:4", algorithm="ste", grad_mode="srste",
+                       schedule=Gradual(start=0, end=None, every=1))
+    compress_(model, cfg)
+    hooks = compression_hooks(model, cfg, total_steps=6)
+    w0 = model.encoder.conformer_layers[0].ffn1.sequential[1].weight.detach().clone()
+    train(model, data, TrainConfig(steps=6, batch_seconds=1.0, warmup=1, eval_every=0,
+                                   checkpoint_every=100), tmp_path, hooks=hooks, progress=False,
+          log=lambda s: None)
+    lin = model.encoder.conformer_layers[0].ffn1.sequential[1]
+    assert lin.active_nm() == (2, 4)
+    _check_nm(lin.current_mask(), 2, 4)
+    assert not torch.equal(lin.weight.detach(), w0)

@@ -135,24 +135,30 @@ class _Compressed:
         self.layer_index = layer_index
         if sparse:
             self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
-            # current schedule level: sparsity in [0, 1], or -1 = dense (no mask yet)
-            self.register_buffer("level", torch.tensor(-1.0))
         else:
             self.mask = None
-            self.level = None
+        # current schedule level: sparsity in [0, 1], or -1 = dense (no mask yet). A Python
+        # float (no device sync in forward), saved in the state dict as `_extra_state`.
+        self.level = -1.0
+
+    def get_extra_state(self):
+        return {"level": self.level}
+
+    def set_extra_state(self, state):
+        self.level = float(state["level"])
 
     # ---- state
     def active_nm(self) -> tuple[int, int] | None:
         """The (n, m) in force now; None when dense or unstructured."""
-        if not self.is_sparse or self.n is None or float(self.level) < 0:
+        if not self.is_sparse or self.n is None or self.level < 0:
             return None
-        k = nm_at(float(self.level), self.n, self.m)
+        k = nm_at(self.level, self.n, self.m)
         return None if k is None else (k, self.m)
 
     def active_sparsity(self) -> float | None:
-        if not self.is_sparse or self.n is not None or float(self.level) < 0:
+        if not self.is_sparse or self.n is not None or self.level < 0:
             return None
-        return float(self.level)
+        return self.level
 
     def compute_mask(self) -> torch.Tensor | None:
         nm, sp = self.active_nm(), self.active_sparsity()
@@ -166,13 +172,13 @@ class _Compressed:
     def set_level(self, level: float | None, recompute: bool = True):
         if not self.is_sparse:
             return
-        self.level.fill_(-1.0 if level is None else float(level))
+        self.level = -1.0 if level is None else float(level)
         if recompute and not self.algorithm.dynamic:
             mask = self.compute_mask()
             self.mask.copy_(torch.ones_like(self.mask) if mask is None else mask)
 
     def current_mask(self) -> torch.Tensor | None:
-        if not self.is_sparse or float(self.level) < 0:
+        if not self.is_sparse or self.level < 0:
             return None
         if self.algorithm.dynamic:
             return self.compute_mask()
@@ -279,7 +285,7 @@ def _recomputed_buffers(model: nn.Module) -> set[str]:
     for name, b in model.named_buffers():
         fb = fresh_buf.get(name)
         if fb is not None and fb.shape == b.shape and fb.dtype == b.dtype and \
-                torch.equal(fb, b.detach().cpu()) and not name.endswith((".mask", ".level")):
+                torch.equal(fb, b.detach().cpu()) and not name.endswith(".mask"):
             same.add(name)
     return same
 
@@ -290,7 +296,7 @@ def leftover_names(model: nn.Module) -> tuple[list[str], list[str]]:
     in eval; it is reset to 0 on load)."""
     comp = set()
     for n, _ in compressed_modules(model):
-        comp.update({f"{n}.weight", f"{n}.mask", f"{n}.level"})
+        comp.update({f"{n}.weight", f"{n}.mask", f"{n}._extra_state"})
     recomputed = _recomputed_buffers(model)
     stored, skipped = [], []
     for k, v in model.state_dict().items():
@@ -350,7 +356,7 @@ def update_masks(model: nn.Module, step: int, force: bool = False) -> None:
     level = cfg.schedule.sparsity_at(step, cfg.target_sparsity)
     layers = [m for _, m in compressed_modules(model) if m.is_sparse]
     due = force or cfg.schedule.is_update_step(step) or any(
-        float(m.level) != (-1.0 if level is None else float(level)) for m in layers)
+        m.level != (-1.0 if level is None else float(level)) for m in layers)
     if not due:
         return
     if cfg.sparsity_scope == "global" and cfg.n is None and level and \
