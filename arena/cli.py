@@ -52,14 +52,26 @@ def data_build(splits, seed, size, workers):
 @click.option("--arch", default="conformer-ctc")
 @click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
 @click.option("--export", default=None, help="Write the final weights here (safetensors).")
+@click.option("--init", default=None, help="Start from these weights (state.pt or safetensors).")
+@click.option("--warmup", type=int, default=300)
 def train(out_dir, steps, batch_seconds, lr, device, train_size, model_config, arch, no_resume,
-          export):
+          export, init, warmup):
     """Train an ASR model on the built-in corpus, with checkpoints and resume."""
     from arena.asr.pipeline import train_default
 
     train_default(out_dir=out_dir, steps=steps, batch_seconds=batch_seconds, lr=lr,
                   device=device, train_size=train_size, model_config=json.loads(model_config),
-                  arch=arch, resume=not no_resume, export=export)
+                  arch=arch, resume=not no_resume, export=export, init=init, warmup=warmup)
+
+
+@main.command("publish-dense")
+@click.argument("checkpoint", default="runs/dense/final.safetensors")
+@click.option("--device", default=None)
+def publish_dense_cmd(checkpoint, device):
+    """Put a trained checkpoint in the zoo as `dense` and write its model card."""
+    from arena.asr.pipeline import publish_dense
+
+    _echo_json(publish_dense(checkpoint, device=device))
 
 
 @main.command("eval")
@@ -79,6 +91,118 @@ def eval_cmd(model_name, split, limit, device, as_json):
         click.echo(f"model {res['model']}  split {res['split']}  utterances {res['n_utterances']}  "
                    f"audio {res['audio_seconds']:.0f} s  in {res['seconds']:.1f} s\n"
                    f"WER {res['wer']:.4f}  CER {res['cer']:.4f}")
+
+
+# ---------------------------------------------------------------- zoo building (issue 3)
+@main.command()
+@click.option("--recipe", required=True, help="e.g. int8, int4, int2, 2:4, 1:4, int4+2:4.")
+@click.option("--steps", type=int, default=None, help="Fine-tuning steps (default per recipe).")
+@click.option("--post-training", is_flag=True, help="No fine-tuning (same as --steps 0).")
+@click.option("--device", default=None)
+@click.option("--out", default=None, help="Write the packed file here instead of the zoo.")
+@click.option("--json", "as_json", is_flag=True)
+def compress(recipe, steps, post_training, device, out, as_json):
+    """Compress the dense model with a recipe (fine-tuned by default), pack it, evaluate it."""
+    from arena.asr.pipeline import default_device
+    from arena.compress.zoo import build_variant
+
+    card = build_variant(recipe, steps=0 if post_training else steps, device=default_device(device),
+                         out_path=out, progress=not as_json)
+    if as_json:
+        _echo_json(card)
+    else:
+        for k, v in card.items():
+            click.echo(f"{k:20s} {v}")
+
+
+# ---------------------------------------------------------------- scoring (issue 5)
+def _split_names(value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@main.command()
+@click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
+              help="quick (default without a GPU) or full (default with one).")
+@click.option("--split", type=click.Choice(["dev", "test"]), default=None)
+@click.option("--limit", "n_utterances", type=int, default=None, help="Utterances of the split.")
+@click.option("--attacks", default=None, help="Comma-separated attack names (default: all).")
+@click.option("--defenses", default=None, help="Comma-separated defense names (default: all).")
+@click.option("--models", default=None, help="Comma-separated zoo models (default: all).")
+@click.option("--device", default=None)
+@click.option("--trusted", is_flag=True, help="Run plugins WITHOUT the sandbox (your own code only).")
+@click.option("--store", "store_dir", default=None, help="Results folder (default leaderboard/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+def score(profile, split, n_utterances, attacks, defenses, models, device, trusted, store_dir,
+          as_json):
+    """Run every attack against every defense and model; print the leaderboard."""
+    from arena import paths
+    from arena.asr.pipeline import default_device
+    from arena.leaderboard import build as lb_build, render
+    from arena.score.entries import discover
+    from arena.score.profiles import get_profile
+    from arena.score.runner import ScoreOptions, run_score, target_specs
+    from arena.score.store import ResultsStore
+
+    device = default_device(device)
+    profile = get_profile(profile or ("full" if device.startswith("cuda") else "quick"),
+                          split, n_utterances)
+    names = (_split_names(attacks) or []) + (_split_names(defenses) or [])
+    entries, problems = discover()
+    if attacks:
+        keep = set(_split_names(attacks))
+        entries = [e for e in entries if not e.is_attack or e.name in keep]
+    if defenses:
+        keep = set(_split_names(defenses))
+        entries = [e for e in entries if e.is_attack or e.name in keep]
+    missing = set(names) - {e.name for e in entries}
+    if missing:
+        raise click.UsageError(f"unknown entries: {', '.join(sorted(missing))}")
+    if trusted:
+        click.echo("WARNING: --trusted runs plugin code WITHOUT the sandbox", err=True)
+    for p in problems:
+        click.echo(f"skipped: {p}", err=True)
+    store = ResultsStore(store_dir or paths.leaderboard_dir())
+    options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json)
+    report = run_score(store, options, entries, target_specs(_split_names(models)))
+    board = lb_build.build(store.cells(), store.meta())
+    render.write_files(board, store.root)
+    if as_json:
+        _echo_json(render.to_json(board))
+        return
+    render.print_terminal(board)
+    click.echo(f"{report.computed} cells computed, {report.reused} reused, "
+               f"{len(report.failed_jobs)} failed jobs, {report.seconds:.0f} s; "
+               f"files in {store.root}/ (index.html)")
+    for failure in report.failed_jobs:
+        click.echo(f"  failed: {failure}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "as_csv", is_flag=True)
+@click.option("--store", "store_dir", default=None)
+@click.option("--write", is_flag=True, help="Also rewrite the published files.")
+def leaderboard(as_json, as_csv, store_dir, write):
+    """Print the leaderboard from the results store (no scoring)."""
+    from arena import paths
+    from arena.leaderboard import build as lb_build, render
+    from arena.score.store import ResultsStore
+
+    root = store_dir or paths.leaderboard_dir()
+    from pathlib import Path
+
+    if not (Path(root) / "results.sqlite").is_file():
+        raise click.ClickException(f"no results in {root}; run `arena score` first")
+    store = ResultsStore(root)
+    board = lb_build.build(store.cells(), store.meta())
+    if write:
+        render.write_files(board, store.root)
+    if as_json:
+        _echo_json(render.to_json(board))
+    elif as_csv:
+        click.echo(render.to_csv(board), nl=False)
+    else:
+        render.print_terminal(board)
 
 
 # ---- compression (issue 3)

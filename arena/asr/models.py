@@ -76,7 +76,7 @@ class LogMelFrontend(nn.Module):
 class SpecAugment(nn.Module):
     """Frequency and time masking, active only in training mode."""
 
-    def __init__(self, freq_masks=2, freq_width=15, time_masks=2, time_width=20):
+    def __init__(self, freq_masks=2, freq_width=10, time_masks=2, time_width=10):
         super().__init__()
         self.freq = torchaudio.transforms.FrequencyMasking(freq_width, iid_masks=True)
         self.time = torchaudio.transforms.TimeMasking(time_width, iid_masks=True)
@@ -127,8 +127,11 @@ class ConformerCTC(ASRModel):
     """Log-mel -> 4x convolutional subsampling -> torchaudio Conformer -> CTC head."""
 
     arch = "conformer-ctc"
+    # ctc_upsample: the head emits that many output frames per 40 ms encoder frame, so
+    # fast speech (up to ~1 character per encoder frame here) still fits CTC's alignment
+    # (repeats need a blank between them) without paying for a longer encoder sequence
     DEFAULT = dict(d_model=144, num_layers=6, num_heads=4, ffn_dim=576, conv_kernel=15,
-                   n_mels=80, dropout=0.1)
+                   n_mels=80, dropout=0.1, ctc_upsample=2)
 
     def __init__(self, **config):
         cfg = {**self.DEFAULT, **config}
@@ -145,7 +148,7 @@ class ConformerCTC(ASRModel):
             dropout=cfg["dropout"])
         for layer in self.encoder.conformer_layers:
             layer.self_attn = SelfAttention(d, cfg["num_heads"], cfg["dropout"])
-        self.head = nn.Linear(d, self.tokenizer.vocab_size)
+        self.head = nn.Linear(d, self.tokenizer.vocab_size * cfg["ctc_upsample"])
 
     def forward(self, wave, lengths):
         feats, frames = self.frontend(wave, lengths)
@@ -155,7 +158,10 @@ class ConformerCTC(ASRModel):
             frames = (frames - 1) // 2 + 1
         frames = frames.clamp(min=1, max=x.shape[-1])
         x, frames = self.encoder(x.transpose(1, 2), frames)
-        return F.log_softmax(self.head(x).float(), dim=-1), frames
+        up = self.config["ctc_upsample"]
+        logits = self.head(x).float()
+        logits = logits.view(logits.shape[0], logits.shape[1] * up, -1)
+        return F.log_softmax(logits, dim=-1), frames * up
 
 
 # torchaudio's English CTC bundles emit these labels; we permute the head to our alphabet

@@ -1,0 +1,97 @@
+"""Building the zoo: compression-aware fine-tuning from the dense checkpoint, packed export,
+evaluation, and a model card per variant (`arena/zoo/cards/<stem>.json`)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from arena import paths
+
+# fine-tuning steps per recipe on the built-in corpus: the harder the recipe, the longer
+DEFAULT_STEPS = {"int8": 0, "int4": 150, "int2": 400, "2:4": 300, "1:4": 400, "int4+2:4": 500,
+                 "int2+2:4": 400, "int4+1:4": 400}
+
+
+def _card_path(name: str) -> Path:
+    from arena.models_io import file_stem
+
+    return paths.zoo_dir() / "cards" / f"{file_stem(name)}.json"
+
+
+def read_card(name: str) -> dict | None:
+    p = _card_path(name)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_card(name: str, card: dict) -> Path:
+    p = _card_path(name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return p
+
+
+def compression_config_for(recipe: str, fine_tune: bool):
+    """Recipe -> config. Fine-tuning N:M recomputes the mask every step from the dense
+    weights with SR-STE gradients (as in sparse-refined straight-through training);
+    post-training is one-shot magnitude."""
+    from arena.compress.recipes import parse_recipe
+
+    cfg = parse_recipe(recipe)
+    if fine_tune and cfg.n is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, algorithm="ste", grad_mode="srste")
+    return cfg
+
+
+def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
+                  eval_split: str = "test", out_path=None, batch_seconds: float = 40.0,
+                  lr: float = 3e-4, progress: bool = True, log=print) -> dict:
+    """Compress the dense model with `recipe`, fine-tune for `steps` (0 = post-training),
+    write the packed file (zoo by default) and return its card (also written for the zoo)."""
+    import torch
+
+    from arena.asr.evaluate import evaluate
+    from arena.asr.models import load_checkpoint
+    from arena.asr.train import TrainConfig, train
+    from arena.compress.modules import compress_, compression_hooks
+    from arena.compress.packed import export_packed, load_packed, size_report
+    from arena.data.batching import AudioSet
+    from arena.data.corpus import ensure_split
+    from arena.models_io import file_stem, zoo_path
+
+    steps = DEFAULT_STEPS.get(recipe, 300) if steps is None else steps
+    t0 = time.time()
+    model = load_checkpoint(zoo_path("dense"), device=device)
+    cfg = compression_config_for(recipe, fine_tune=steps > 0)
+    compress_(model, cfg)
+    if steps > 0:
+        train_set = AudioSet.from_manifest(ensure_split("train"), progress=progress)
+        hooks = compression_hooks(model, cfg, total_steps=steps)
+        tcfg = TrainConfig(steps=steps, batch_seconds=batch_seconds, lr=lr, warmup=min(50, steps // 5),
+                           device=device, eval_every=0, checkpoint_every=50, noise_prob=0.3)
+        run_dir = paths.runs_dir() / f"compress-{file_stem(recipe)}"
+        train(model, train_set, tcfg, run_dir, hooks=hooks, progress=progress, log=log)
+    model.eval()
+    out = Path(out_path) if out_path else zoo_path(recipe)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_packed(model.cpu(), out, name=recipe, recipe=recipe,
+                  extra={"fine_tuned": steps > 0, "fine_tune_steps": steps})
+    deployed = load_packed(out, device=device)
+    data = AudioSet.from_manifest(ensure_split(eval_split, progress=progress))
+    res = evaluate(deployed, data, device=device)
+    dense_card = read_card("dense") or {}
+    dense_wer = dense_card.get(f"{eval_split}_wer")
+    sizes = size_report(out)
+    card = dict(name=recipe, recipe=recipe, bits=cfg.bits, sparsity=None if cfg.n is None else f"{cfg.n}:{cfg.m}",
+                int2_mode=cfg.int2_mode if cfg.bits == 2 else None,
+                fine_tuned=steps > 0, fine_tune_steps=steps, bytes=out.stat().st_size,
+                size_ratio=sizes.get("ratio_fp32"), size_ratio_bf16=sizes.get("ratio_bf16"),
+                **{f"{eval_split}_wer": round(res.wer, 5), f"{eval_split}_cer": round(res.cer, 5)},
+                rel_wer_regression=None if not dense_wer else round((res.wer - dense_wer) / dense_wer, 4),
+                eval_utterances=res.n_utterances, build_seconds=round(time.time() - t0, 1),
+                device=device, torch=torch.__version__)
+    if out_path is None:
+        write_card(recipe, card)
+    return card
