@@ -1,0 +1,2 @@
+"""Plugins: the API submissions implement (api), the submission.toml schema (manifest),
+validation (validate) and intake (submit)."""
