@@ -1,17 +1,14 @@
-"""ASR Arena: adversarial robustness of compressed speech recognition models.
-
-`from arena import Attack, Defense, AudioBatch, Budget, TargetModel` gives the plugin API;
-it is loaded on first use so that `import arena` stays light.
-"""
+"""ASR Arena: adversarial robustness of compressed speech recognition models."""
 __version__ = "0.1.0"
 
-_API = ("Attack", "TargetedAttack", "Defense", "AudioBatch", "Budget", "ThreatModel", "TargetModel")
-__all__ = list(_API)
+# the plugin API, imported lazily so that `import arena` stays light (no torch)
+_PLUGIN_API = ("Attack", "TargetedAttack", "Defense", "AudioBatch", "Budget", "ThreatModel",
+               "TargetModel")
 
 
 def __getattr__(name):
-    if name in _API:
-        from arena.plugins import api
+    if name in _PLUGIN_API:
+        import arena.plugins
 
-        return getattr(api, name)
+        return getattr(arena.plugins, name)
     raise AttributeError(f"module 'arena' has no attribute {name!r}")

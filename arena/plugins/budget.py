@@ -1,0 +1,131 @@
+"""Perturbation budgets (DESIGN.md, Budgets) and their harness-side enforcement.
+
+`Budget.project` is what the harness applies to every attack output: the plugin never
+gets to decide how its perturbation is measured.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+INT16 = 32767.0
+
+
+class ThreatModel(str, Enum):
+    SNR = "snr"     # utterance-level L2: ||delta||_2 <= ||x||_2 * 10**(-snr/20)
+    LINF = "linf"   # max |delta| <= epsilon
+
+
+def _mask(lengths: torch.Tensor, T: int, like: torch.Tensor) -> torch.Tensor:
+    lengths = lengths.to(like.device)
+    return (torch.arange(T, device=like.device)[None, :] < lengths[:, None]).to(like.dtype)
+
+
+def quantize_int16(x: torch.Tensor) -> torch.Tensor:
+    """Clip to [-1, 1] and round to the int16 grid (round(x * 32767) / 32767)."""
+    return torch.round(x.clamp(-1.0, 1.0) * INT16) / INT16
+
+
+_ID = re.compile(r"^(snr|linf)([0-9.eE+-]+)$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    threat: ThreatModel
+    value: float  # SNR in dB for ThreatModel.SNR, epsilon for ThreatModel.LINF
+
+    def __post_init__(self):
+        object.__setattr__(self, "threat", ThreatModel(self.threat))
+        object.__setattr__(self, "value", float(self.value))
+        if not math.isfinite(self.value) or (self.threat is ThreatModel.LINF and self.value <= 0):
+            raise ValueError(f"budget value {self.value!r} is not valid for {self.threat.value}")
+
+    # ------------------------------------------------------------ naming
+    @property
+    def id(self) -> str:
+        return f"{self.threat.value}{self.value:g}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    @classmethod
+    def parse(cls, text: "str | Budget") -> "Budget":
+        if isinstance(text, Budget):
+            return text
+        m = _ID.match(str(text).strip().lower())
+        if not m:
+            raise ValueError(f"budget {text!r}: expected e.g. 'snr30' or 'linf0.003'")
+        try:
+            return cls(ThreatModel(m.group(1)), float(m.group(2)))
+        except ValueError as e:
+            raise ValueError(f"budget {text!r}: {e}") from None
+
+    # ------------------------------------------------------------ measurement
+    def max_l2(self, clean: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Allowed L2 norm of the perturbation per utterance (SNR budgets)."""
+        x = clean.float() * _mask(lengths, clean.shape[-1], clean.float())
+        return x.norm(dim=-1) * 10.0 ** (-self.value / 20.0)
+
+    def _delta(self, clean, adv, lengths):
+        m = _mask(lengths, clean.shape[-1], clean.float())
+        return (adv.float() - clean.float()) * m
+
+    def achieved_snr(self, clean, adv, lengths) -> torch.Tensor:
+        """SNR in dB of adv against clean per utterance (inf when they are equal)."""
+        m = _mask(lengths, clean.shape[-1], clean.float())
+        signal = (clean.float() * m).norm(dim=-1)
+        noise = self._delta(clean, adv, lengths).norm(dim=-1)
+        snr = 20.0 * torch.log10(signal.clamp_min(1e-12) / noise.clamp_min(1e-30))
+        return torch.where(noise > 0, snr, torch.full_like(snr, math.inf))
+
+    def overshoot(self, clean, adv, lengths) -> torch.Tensor:
+        """Ratio of the perturbation size to the allowed size per utterance (>1: over budget)."""
+        delta = self._delta(clean, adv, lengths)
+        if self.threat is ThreatModel.LINF:
+            return delta.abs().amax(dim=-1) / self.value
+        allowed = self.max_l2(clean, lengths)
+        norm = delta.norm(dim=-1)
+        ratio = norm / allowed.clamp_min(1e-30)
+        return torch.where(norm > 0, ratio, torch.zeros_like(ratio))
+
+    # ------------------------------------------------------------ enforcement
+    def project(self, clean: torch.Tensor, adv: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """adv projected into the budget ball around clean, padding zeroed, clipped to [-1, 1]
+        and rounded to the int16 grid; the result is within budget after rounding (rows that
+        cannot be, e.g. silent utterances under an SNR budget, come back as the clean input)."""
+        clean = clean.float()
+        adv = torch.nan_to_num(adv.detach().float().to(clean.device), nan=0.0, posinf=0.0, neginf=0.0)
+        m = _mask(lengths, clean.shape[-1], clean)
+        delta = (adv - clean) * m
+        if self.threat is ThreatModel.LINF:
+            lo = torch.ceil(((clean - self.value).clamp(-1, 1)) * INT16 - 1e-6)
+            hi = torch.floor(((clean + self.value).clamp(-1, 1)) * INT16 + 1e-6)
+            q = torch.round((clean + delta.clamp(-self.value, self.value)).clamp(-1, 1) * INT16)
+            out = torch.maximum(torch.minimum(q, hi), lo) / INT16
+            bad = (lo > hi).any(dim=-1)  # no grid point in the ball (epsilon < 1/65534)
+            out = torch.where(bad[:, None], clean, out) * m
+            return out
+        allowed = self.max_l2(clean, lengths)
+        norm = delta.norm(dim=-1)
+        scale = torch.where(norm > allowed, allowed / norm.clamp_min(1e-30), torch.ones_like(norm))
+        out = clean
+        done = torch.zeros(clean.shape[0], dtype=torch.bool, device=clean.device)
+        result = clean.clone()
+        for _ in range(12):
+            out = quantize_int16(clean + delta * scale[:, None]) * m
+            ok = (((out - clean) * m).norm(dim=-1) <= allowed) & ~done
+            result[ok] = out[ok]
+            done |= ok
+            if bool(done.all()):
+                break
+            scale = scale * 0.97
+        # rows never within budget after rounding keep the clean input (delta 0)
+        return result * m
+
+
+def as_budget(value) -> Budget:
+    return Budget.parse(value)
