@@ -1,0 +1,288 @@
+"""The sandbox against hostile plugins: each fails alone, with a clear error, and a good
+submission run right after it still works. Real bubblewrap, real tiny torch models."""
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from arena import paths
+from arena.plugins.api import AudioBatch
+from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
+from arena.sandbox import bwrap
+
+TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
+
+GOOD = """
+from arena import Attack
+class P(Attack):
+    def run(self, batch, model, budget):
+        g = model.gradient(batch.wave, batch.lengths, batch.transcripts)
+        return batch.wave + 1e-4 * g.sign()
+"""
+
+HOSTILE = r'''
+import os, socket, torch
+from arena import Attack
+
+def _read_all(paths):
+    found = []
+    for p in paths:
+        try:
+            found.append(open(p).read())
+        except Exception as e:
+            found.append(f"{type(e).__name__}")
+    return found
+
+class P(Attack):
+    def run(self, batch, model, budget):
+        what, _, arg = batch.ids[0].partition("=")
+        if what == "socket":
+            s = socket.create_connection(("127.0.0.1", int(arg)), timeout=2)
+            s.sendall(b"leak")
+            return batch.wave
+        if what == "write":
+            for p in arg.split("|"):
+                try:
+                    open(p, "w").write("pwned")
+                except OSError:
+                    pass
+            raise RuntimeError("could not write anywhere")
+        if what == "read":
+            raise RuntimeError("read: " + " / ".join(_read_all(arg.split("|"))))
+        if what == "env":
+            raise RuntimeError("env: " + repr(os.environ.get("ARENA_SECRET")) + " " + repr(dict(os.environ)))
+        if what == "nan":
+            return batch.wave * float("nan")
+        if what == "shape":
+            return batch.wave[:, :-7]
+        if what == "dtype":
+            return batch.wave.double()
+        if what == "memory":
+            chunks = []
+            while True:
+                chunks.append(bytearray(256 << 20))   # address space runs out: MemoryError
+        if what == "loop":
+            while True:
+                pass
+        return batch.wave + 1e-3
+'''
+
+
+def make_sub(root: Path, name: str, code: str, track: str = "attack") -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "submission.toml").write_text(TOML.format(name=name, track=track))
+    (d / "plugin.py").write_text(code)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from arena.asr.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(build_model("conformer-ctc", d_model=32, num_layers=1, num_heads=2, ffn_dim=64,
+                                conv_kernel=7, dropout=0.0), path)
+    return path
+
+
+def batch(uid: str, T: int = 8000, seed: int = 0) -> AudioBatch:
+    g = torch.Generator().manual_seed(seed)
+    return AudioBatch([uid], (torch.rand(1, T, generator=g) - 0.5) * 0.5,
+                      torch.tensor([T]), transcripts=["hello world"])
+
+
+def assert_good_still_runs(root: Path, model_file) -> None:
+    good = make_sub(root, f"good-{time.time_ns() % 10**8}", GOOD)
+    r = run_attack_job(good, model_file, [batch("g1"), batch("g2", 6000)], "snr30",
+                       limits=SandboxLimits(wall_s=60))
+    assert r.status == "ok", r.error
+    assert all(o.ok and o.adv.shape == (1, o.adv.shape[1]) for o in r.batches)
+    assert r.forward_calls == 2 and r.backward_calls == 2
+
+
+def sandbox_uid_threads() -> int:
+    return bwrap.count_threads(bwrap.host_uid()) if bwrap.as_root() else 0
+
+
+@pytest.fixture(autouse=True)
+def _no_sandbox_leftovers():
+    yield
+    if bwrap.as_root():
+        deadline = time.time() + 5
+        while sandbox_uid_threads() and time.time() < deadline:
+            time.sleep(0.1)
+        assert sandbox_uid_threads() == 0, "sandbox processes outlived their job"
+
+
+def test_hostile_batches_fail_alone_and_leak_nothing(tmp_path, model_file, monkeypatch):
+    secret = f"s3cr3t-{os.getpid()}-{time.time_ns()}"
+    monkeypatch.setenv("ARENA_SECRET", secret)
+    data, subs = tmp_path / "data", tmp_path / "submissions"
+    monkeypatch.setenv("ARENA_DATA", str(data))
+    monkeypatch.setenv("ARENA_SUBMISSIONS", str(subs))
+    (data / "dev").mkdir(parents=True)
+    (data / "dev" / "secret.txt").write_text(secret)
+    other = make_sub(subs, "other", GOOD)
+    (other / "secret.txt").write_text(secret)
+    repo_secret = paths.ROOT / f".test-secret-{os.getpid()}"
+    repo_secret.write_text(secret)
+    outside = [str(tmp_path / "pwned.txt"), str(paths.ROOT / f".pwned-{os.getpid()}"),
+               "/tmp/pwned-by-plugin", "/sandbox/input/pwned", str(paths.PACKAGE / "pwned.py")]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    try:
+        hostile = make_sub(tmp_path / "subs2", "hostile", HOSTILE)
+        names = ["socket=%d" % port, "write=" + "|".join(outside),
+                 "read=" + "|".join([str(repo_secret), str(other / "secret.txt"),
+                                     str(data / "dev" / "secret.txt")]),
+                 "env", "nan", "shape", "dtype", "fine"]
+        batches = [batch(n, seed=i) for i, n in enumerate(names)]
+        r = run_attack_job(hostile, model_file, batches, "snr30", limits=SandboxLimits(wall_s=60))
+    finally:
+        repo_secret.unlink()
+    try:
+        conn, _ = listener.accept()
+        conn.close()
+        got_connection = True
+    except (socket.timeout, BlockingIOError):
+        got_connection = False
+    listener.close()
+    assert not got_connection, "the plugin reached a listener on the host"
+    out = dict(zip(names, r.batches))
+    assert r.status == "error" and "7 of 8 batches failed" in r.error
+    # its own network namespace: only its own loopback, where nobody listens
+    assert not out[names[0]].ok
+    assert any(w in out[names[0]].error for w in ("Connection refused", "unreachable", "timed out"))
+    assert not out[names[1]].ok
+    for p in outside:
+        assert not Path(p).exists(), p
+    assert "FileNotFoundError" in out[names[2]].error and secret not in out[names[2]].error
+    first_line = out["env"].error.splitlines()[0]
+    assert first_line.startswith("RuntimeError: env: None {") and "ARENA" not in first_line
+    assert out["nan"].error == "output contains NaN or Inf"
+    assert "shape (1, 7993)" in out["shape"].error
+    assert "torch.float64" in out["dtype"].error
+    assert out["fine"].ok and out["fine"].adv.dtype == torch.float32
+    blob = " ".join(str(o.error) for o in r.batches) + r.log + str(r.error)
+    assert secret not in blob
+    assert r.startup_s > 0 and r.wall_s >= r.startup_s
+    assert_good_still_runs(tmp_path, model_file)
+
+
+def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
+    code = GOOD.replace("g = model", "import os, time\n        while True:\n"
+                        "            try:\n                os.fork()\n"
+                        "            except OSError:\n                time.sleep(0.01)\n        g = model")
+    bomb = make_sub(tmp_path, "bomb", code)
+    peak = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], sandbox_uid_threads())
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        r = run_attack_job(bomb, model_file, [batch("a")], "snr30",
+                           limits=SandboxLimits(wall_s=8, max_procs=24))
+    finally:
+        done.set()
+        t.join()
+    assert r.status == "timeout" and "wall-clock" in r.error
+    assert not r.batches[0].ok
+    if bwrap.as_root():
+        assert 0 < peak[0] <= 24 + 2, f"{peak[0]} sandbox processes: RLIMIT_NPROC did not hold"
+    assert_good_still_runs(tmp_path, model_file)
+
+
+def test_memory_bomb_fails_its_batch_only(tmp_path, model_file):
+    sub = make_sub(tmp_path, "mem", HOSTILE)
+    r = run_attack_job(sub, model_file, [batch("memory"), batch("fine")], "snr30",
+                       limits=SandboxLimits(wall_s=60, memory_mb=4096))
+    assert not r.batches[0].ok and "MemoryError" in r.batches[0].error
+    assert r.batches[1].ok
+
+
+def test_infinite_loop_times_out_and_keeps_finished_batches(tmp_path, model_file):
+    sub = make_sub(tmp_path, "loop", HOSTILE)
+    t = time.time()
+    r = run_attack_job(sub, model_file, [batch("fine"), batch("loop"), batch("fine")], "snr30",
+                       limits=SandboxLimits(wall_s=6))
+    assert time.time() - t < 20
+    assert r.status == "timeout"
+    assert r.batches[0].ok and r.batches[0].adv is not None
+    assert not r.batches[1].ok and "wall-clock" in r.batches[1].error
+    assert not r.batches[2].ok
+    assert_good_still_runs(tmp_path, model_file)
+
+
+def test_detached_children_do_not_outlive_the_job(tmp_path, model_file):
+    marker = f"98{os.getpid() % 1000}.{time.time_ns() % 1000}"
+    code = GOOD.replace("g = model", f"""import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/usr/bin/sleep", ["sleep", "{marker}"])
+            os._exit(0)
+        time.sleep(1.0)
+        g = model""")
+    sub = make_sub(tmp_path, "detach", code)
+    r = run_attack_job(sub, model_file, [batch("a")], "snr30", limits=SandboxLimits(wall_s=60))
+    assert r.status == "ok", r.error
+    time.sleep(0.3)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            assert marker.encode() not in cmd, f"detached child {pid} survived: {cmd!r}"
+
+
+def test_file_bomb_is_stopped_by_the_file_size_limit(tmp_path, model_file):
+    code = GOOD.replace("g = model", """chunk = b"x" * (1 << 20)
+        with open("/sandbox/output/big.bin", "wb") as f:
+            for _ in range(10 * 1024):   # 10 GB
+                f.write(chunk)
+        g = model""")
+    sub = make_sub(tmp_path, "fbomb", code)
+    work = tmp_path / "work"
+    r = run_attack_job(sub, model_file, [batch("a")], "snr30", workdir=work,
+                       limits=SandboxLimits(wall_s=60, max_file_mb=16))
+    assert r.status == "error" and not r.batches[0].ok
+    assert "SIGXFSZ" in r.error or "File too large" in r.batches[0].error
+    big = list(work.rglob("big.bin"))
+    assert big and big[0].stat().st_size <= 16 << 20
+
+
+def test_defense_job_and_wrong_transcripts(tmp_path, model_file):
+    good = make_sub(tmp_path, "lp", "from arena import Defense\nclass P(Defense):\n    pass\n", "defense")
+    bad = make_sub(tmp_path, "bad", "from arena import Defense\nclass P(Defense):\n"
+                   "    def transcribe(self, batch, model):\n"
+                   "        return ['a'] * (len(batch.ids) + 1) if batch.ids[0] == 'x0' else [1]\n",
+                   "defense")
+    b = [AudioBatch(["x0", "x1"], torch.rand(2, 8000) - 0.5, torch.tensor([8000, 4000])),
+         AudioBatch(["x2"], torch.rand(1, 4000) - 0.5, torch.tensor([4000]))]
+    r = run_defense_job(bad, model_file, b, limits=SandboxLimits(wall_s=60))
+    assert "3 transcripts for 2 utterances" in r.batches[0].error
+    assert "str" in r.batches[1].error
+    r = run_defense_job(good, model_file, b, limits=SandboxLimits(wall_s=60))
+    assert r.status == "ok" and [len(o.transcripts) for o in r.batches] == [2, 1]
+    assert r.forward_calls == 2
+
+
+def test_attack_submission_cannot_run_as_defense(tmp_path, model_file):
+    sub = make_sub(tmp_path, "atk", GOOD)
+    r = run_defense_job(sub, model_file, [batch("a")])
+    assert r.status == "error" and "not a defense" in r.error
