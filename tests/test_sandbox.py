@@ -195,7 +195,7 @@ def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
     t.start()
     try:
         r = run_attack_job(bomb, model_file, [batch("a")], "snr30",
-                           limits=SandboxLimits(wall_s=8, max_procs=24))
+                           limits=SandboxLimits(wall_s=6, max_procs=24))
     finally:
         done.set()
         t.join()
