@@ -125,6 +125,8 @@ def _split_names(value):
               help="quick (default without a GPU) or full (default with one).")
 @click.option("--split", type=click.Choice(["dev", "test"]), default=None)
 @click.option("--limit", "n_utterances", type=int, default=None, help="Utterances of the split.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Score on this manifest (corpus JSONL format) instead of a corpus split.")
 @click.option("--attacks", default=None, help="Comma-separated attack names (default: all).")
 @click.option("--defenses", default=None, help="Comma-separated defense names (default: all).")
 @click.option("--models", default=None, help="Comma-separated zoo models (default: all).")
@@ -132,15 +134,16 @@ def _split_names(value):
 @click.option("--trusted", is_flag=True, help="Run plugins WITHOUT the sandbox (your own code only).")
 @click.option("--store", "store_dir", default=None, help="Results folder (default leaderboard/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
-def score(profile, split, n_utterances, attacks, defenses, models, device, trusted, store_dir,
-          as_json):
+def score(profile, split, n_utterances, manifest, attacks, defenses, models, device, trusted,
+          store_dir, as_json):
     """Run every attack against every defense and model; print the leaderboard."""
     from arena import paths
     from arena.asr.pipeline import default_device
     from arena.leaderboard import build as lb_build, render
     from arena.score.entries import discover
     from arena.score.profiles import get_profile
-    from arena.score.runner import ScoreOptions, run_score, target_specs
+    from arena.data.manifest import ManifestError
+    from arena.score.runner import ScoreOptions, load_subset, run_score, target_specs
     from arena.score.store import ResultsStore
 
     device = default_device(device)
@@ -163,7 +166,12 @@ def score(profile, split, n_utterances, attacks, defenses, models, device, trust
         click.echo(f"skipped: {p}", err=True)
     store = ResultsStore(store_dir or paths.leaderboard_dir())
     options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json)
-    report = run_score(store, options, entries, target_specs(_split_names(models)))
+    try:
+        models = target_specs(_split_names(models))
+        subset = load_subset(profile, progress=not as_json, manifest=manifest)
+    except (FileNotFoundError, ManifestError) as e:
+        raise click.ClickException(str(e))
+    report = run_score(store, options, entries, models, subset=subset, problems=problems)
     board = lb_build.build(store.cells(), store.meta())
     render.write_files(board, store.root)
     if as_json:

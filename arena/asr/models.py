@@ -157,7 +157,14 @@ class ConformerCTC(ASRModel):
         for _ in range(2):
             frames = (frames - 1) // 2 + 1
         frames = frames.clamp(min=1, max=x.shape[-1])
-        x, frames = self.encoder(x.transpose(1, 2), frames)
+        # the encoder's layers are run here rather than through torchaudio's Conformer.forward,
+        # whose padding mask takes max(lengths).item(): a device->host sync on every forward
+        # (every attack step). The static frame count gives the same mask without one.
+        pad = ~_length_mask(frames, x.shape[-1])  # (B, T') True = padding
+        x = x.permute(2, 0, 1)  # (T', B, d), time first as torchaudio's layers expect
+        for layer in self.encoder.conformer_layers:
+            x = layer(x, pad)
+        x = x.transpose(0, 1)
         up = self.config["ctc_upsample"]
         logits = self.head(x).float()
         logits = logits.view(logits.shape[0], logits.shape[1] * up, -1)

@@ -52,4 +52,5 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
         "clean": clean_table,
         "cells": rows,
         "report": meta.get("last_run_report", {}),
+        "not_scored": run.get("problems", []),
     }

@@ -63,6 +63,8 @@ def print_terminal(board: dict, console=None) -> None:
         for r in board["model_robustness"]:
             table.add_row(r["attack"], *[_fmt(r.get(m)) for m in models])
         console.print(table)
+    for problem in board.get("not_scored", []):
+        console.print(f"[red]not scored[/red]: {problem}")
 
 
 def write_files(board: dict, out_dir) -> list[Path]:
@@ -85,8 +87,9 @@ def write_files(board: dict, out_dir) -> list[Path]:
 
 
 def to_json(board: dict) -> dict:
-    return {k: board[k] for k in ("scope", "attacks", "targeted_attacks", "defenses",
-                                  "model_robustness", "transfer", "clean", "report")}
+    return {k: board.get(k) for k in ("scope", "attacks", "targeted_attacks", "defenses",
+                                      "model_robustness", "transfer", "clean", "report",
+                                      "not_scored")}
 
 
 def to_csv(board: dict) -> str:
@@ -176,6 +179,9 @@ def to_html(board: dict) -> str:
     parts.append("<h2>Transfer: audio crafted on the dense model, transcribed by each model</h2>"
                  + _html_table(board["transfer"]))
     parts.append("<h2>Clean WER per model and defense</h2>" + _html_table(board["clean"]))
+    if board.get("not_scored"):
+        parts.append("<h2>Not scored</h2><ul>" + "".join(
+            f"<li>{html.escape(p)}</li>" for p in board["not_scored"]) + "</ul>")
     for img, title in (("heatmap_attack_defense.png", "Attack × defense"),
                        ("heatmap_attack_model.png", "Attack × model"),
                        ("budget_curves.png", "ΔWER versus budget")):

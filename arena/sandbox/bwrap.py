@@ -21,12 +21,14 @@ ones that called setsid or double-forked.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -160,6 +162,9 @@ def count_threads(uid: int) -> int:
     return n
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def make_preexec(limits, gpu: bool):
     """rlimits applied in the child before exec (inherited by everything inside)."""
     mem = int(limits.memory_mb) * 1024 * 1024
@@ -169,7 +174,11 @@ def make_preexec(limits, gpu: bool):
     uid = host_uid() if as_root() else os.getuid()
     nproc = int(limits.max_procs) + count_threads(uid)
 
+    libc = ctypes.CDLL(None, use_errno=True)
+
     def preexec():
+        # the job dies with the scorer, even when the scorer is SIGKILLed (PR_SET_PDEATHSIG)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         # CUDA reserves huge virtual ranges: cap the data segment instead of the address space
         resource.setrlimit(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))

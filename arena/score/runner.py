@@ -71,23 +71,30 @@ class DataSubset:
         return np.array([len(w) / 16_000 for w in self.waves])
 
 
-def load_subset(profile: Profile, seed: int | None = None, progress: bool = True) -> DataSubset:
-    """A fixed, seeded sample of the profile's split (the whole split when it is smaller)."""
+def load_subset(profile: Profile, seed: int | None = None, progress: bool = True,
+                manifest=None) -> DataSubset:
+    """A fixed, seeded sample of the profile's split (the whole split when it is smaller),
+    or of any manifest in the corpus format when `manifest` is given."""
     from arena.data.batching import AudioSet
-    from arena.data.corpus import resolve_seed, seed_tag, ensure_split
+    from arena.data.corpus import ensure_split, resolve_seed, seed_tag
     from arena.data.manifest import read_manifest
     from arena.score.targets import choose_target
 
-    corpus_seed = resolve_seed(profile.split, seed)
-    manifest = ensure_split(profile.split, corpus_seed, progress=progress)
+    if manifest is None:
+        corpus_seed = resolve_seed(profile.split, seed)
+        manifest, split, tag = ensure_split(profile.split, corpus_seed, progress=progress), \
+            profile.split, seed_tag(corpus_seed)
+    else:
+        manifest, tag = Path(manifest), "manifest"
+        split = manifest.stem
     utts = read_manifest(manifest)
     if profile.n_utterances < len(utts):
-        pick = sorted(random.Random(f"subset:{profile.split}").sample(range(len(utts)),
-                                                                       profile.n_utterances))
+        pick = sorted(random.Random(f"subset:{split}").sample(range(len(utts)), profile.n_utterances))
         utts = [utts[i] for i in pick]
     data = AudioSet.from_utterances(utts)
-    return DataSubset(profile.split, seed_tag(corpus_seed),
-                      manifest.with_suffix(".sha256").read_text().split()[0], data.ids, data.texts,
+    checksum = manifest.with_suffix(".sha256")
+    manifest_sha = checksum.read_text().split()[0] if checksum.is_file() else file_sha256(manifest)
+    return DataSubset(split, tag, manifest_sha, data.ids, data.texts,
                       [data.wave(i) for i in range(len(data))],
                       [choose_target(t, i) for t, i in zip(data.texts, data.ids)])
 
@@ -389,8 +396,14 @@ def target_specs(names: list[str] | None = None) -> list[TargetSpec]:
 
 
 def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
-              models: list[TargetSpec], subset: DataSubset | None = None) -> ScoreReport:
-    """Run every missing cell of the grid; finished cells are reused."""
+              models: list[TargetSpec], subset: DataSubset | None = None,
+              problems: list[str] | None = None) -> ScoreReport:
+    """Run every missing cell of the grid; finished cells are reused.
+
+    `problems` (submissions that could not be loaded) are kept in the store's meta so the
+    leaderboard lists them. An error of the harness itself in one job is reported and the
+    run goes on with the next job; that job's claims are released for the next run.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.time()
@@ -404,26 +417,33 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
                                     seed_tag=subset.seed_tag, n_utterances=len(subset.ids),
                                     budgets=budgets, device=options.device,
                                     models=[m.name for m in models],
-                                    entries=[e.name for e in entries], started=t0))
+                                    entries=[e.name for e in entries], started=t0,
+                                    problems=list(problems or [])))
     steps = len(models) * (len(attacks) + len(defenses)) + (len(models) - 1 if dense else 0)
     columns = [TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.description}"), TimeElapsedColumn()]
     with Progress(*columns, disable=not options.progress, transient=False) as bar:
         task = bar.add_task("", total=steps)
+
+        def step(what: str, job, *args) -> None:
+            bar.update(task, description=what)
+            try:
+                job(*args)
+            except Exception as e:  # a harness bug must not lose the rest of the run
+                store.release_all()
+                scorer.report.failed_jobs.append(f"{what}: harness error: {type(e).__name__}: {e}")
+            bar.advance(task)
+
         # dense first, so transfer has its source audio
         for model in sorted(models, key=lambda m: m.name != "dense"):
             for attack in attacks:
-                bar.update(task, description=f"{attack.name} -> {model.name}")
-                scorer.run_attack(attack, model, budgets)
-                bar.advance(task)
+                step(f"{attack.name} -> {model.name}", scorer.run_attack, attack, model, budgets)
             for defense in defenses:
-                bar.update(task, description=f"{defense.name} on {model.name}")
-                scorer.run_defense(defense, model, attacks, budgets)
-                bar.advance(task)
+                step(f"{defense.name} on {model.name}", scorer.run_defense, defense, model,
+                     attacks, budgets)
             if dense is not None and model is not dense and options.profile.transfer:
-                bar.update(task, description=f"transfer dense -> {model.name}")
-                scorer.run_transfer(dense, model, attacks, budgets)
-                bar.advance(task)
+                step(f"transfer dense -> {model.name}", scorer.run_transfer, dense, model,
+                     attacks, budgets)
     scorer.report.seconds = time.time() - t0
     store.set_meta("last_run_report", dict(seconds=round(scorer.report.seconds, 1),
                                            computed=scorer.report.computed,

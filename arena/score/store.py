@@ -46,7 +46,7 @@ class ResultsStore:
         self.artifacts = self.root / "artifacts"
         self.artifacts.mkdir(exist_ok=True)
         self.path = self.root / "results.sqlite"
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = _owner_id(os.getpid())
         with self._connect() as db:
             db.executescript(SCHEMA)
 
@@ -115,7 +115,7 @@ class ResultsStore:
                 if db.execute("SELECT 1 FROM cells WHERE key=?", (key,)).fetchone():
                     return False
                 row = db.execute("SELECT owner, expires FROM claims WHERE key=?", (key,)).fetchone()
-                if row and row[0] != self.owner and row[1] > now:
+                if row and row[0] != self.owner and row[1] > now and _owner_alive(row[0]):
                     return False
                 db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
                            (key, self.owner, now + lease_s))
@@ -126,6 +126,11 @@ class ResultsStore:
     def release(self, key: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM claims WHERE key=? AND owner=?", (key, self.owner))
+
+    def release_all(self) -> None:
+        """Drop every claim this scorer holds (after a job it could not finish)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
 
     # ---------------------------------------------------------------- meta and artifacts
     def set_meta(self, name: str, value) -> None:
@@ -152,6 +157,31 @@ class ResultsStore:
         from safetensors.torch import load_file
 
         return load_file(str(self.artifacts / name))
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' when unknown): with the pid it
+    names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _owner_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _owner_alive(owner: str) -> bool:
+    """False when the claim's owner is a process on this host that no longer runs (killed
+    scorer): its cells are free at once instead of after the lease. Other hosts: trust the
+    lease."""
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _owner_id(int(pid)) == owner if started else Path(f"/proc/{pid}").exists()
 
 
 def _row(row) -> dict:
