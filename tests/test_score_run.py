@@ -63,7 +63,7 @@ def world(tmp_path_factory):
         save_checkpoint(dense, Path(env["ARENA_ZOO"]) / "dense.safetensors")
         int8 = compress_(copy.deepcopy(dense), parse_recipe("int8"))
         export_packed(int8, Path(env["ARENA_ZOO"]) / "int8.packed.safetensors", name="int8", recipe="int8")
-    for name in ("noop", "fgsm", "noise", "none"):
+    for name in ("noop", "fgsm", "noise", "none", "lowpass"):
         shutil.copytree(paths.ROOT / "baselines" / name, Path(env["ARENA_BASELINES"]) / name)
     Path(env["ARENA_SUBMISSIONS"]).mkdir()
     env["MANIFEST"] = str(manifest)
@@ -164,3 +164,14 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_pa
     assert sorted(c["key"] for c in b.cells()) == sorted(c["key"] for c in a.cells())
     axes = [(c["kind"], c["attack"], c["budget"], c["defense"], c["model"]) for c in b.cells()]
     assert len(axes) == len(set(axes)), "duplicate cells"
+
+    # a fresh clone has the cells but not the adversarial audio (not versioned): a new
+    # defense makes the seeded attacks run again for their audio, and nothing is lost
+    shutil.rmtree(store / "artifacts")
+    more = _score(world, store, "--trusted", "--attacks", "noop,fgsm,noise", "--defenses", "none,lowpass")
+    assert more.returncode == 0, more.stderr[-3000:]
+    board = json.loads(more.stdout)
+    assert board["report"]["failed_jobs"] == []
+    lowpass = next(r for r in board["defenses"] if r["name"] == "lowpass")
+    assert lowpass["errors"] == [] and lowpass["clean_wer"] is not None
+    assert ResultsStore(store).count() == a.count() + 2 * (1 + 9)  # clean + 9 attacked sets per model

@@ -170,8 +170,18 @@ class Scorer:
         from arena.plugins.api import Budget
         from arena.sandbox import run_attack_job
 
-        todo = [(b, self.attack_key(attack, b, model)) for b in budgets]
-        todo = [(b, k) for b, k in todo if self.store.claim(k)]
+        todo, regenerate = [], set()
+        for b in budgets:
+            key = self.attack_key(attack, b, model)
+            cell = self.store.get(key)
+            if cell is None:
+                if self.store.claim(key):
+                    todo.append((b, key))
+            elif cell["artifact"] and not self.store.has_artifact(cell["artifact"]):
+                # the adversarial audio is not versioned with the store (a fresh clone has
+                # the cells only): a new defense needs it, so the seeded attack runs again
+                todo.append((b, key))
+                regenerate.add(key)
         if not todo:
             self.report.reused += len(budgets)
             return
@@ -210,6 +220,8 @@ class Scorer:
             if result.status != "ok" and not error:
                 error = result.error
             artifact = self.store.write_artifact(key, _pack_waves(ids, waves))
+            if key in regenerate:
+                continue
             finite = [s for s in snrs if np.isfinite(s)]
             metrics = dict(ids=ids, snr_db=[round(s, 3) if np.isfinite(s) else None for s in snrs],
                            mean_snr_db=float(np.mean(finite)) if finite else None,

@@ -141,6 +141,9 @@ class ResultsStore:
         with self._connect() as db:
             return {k: json.loads(v) for k, v in db.execute("SELECT name, value FROM meta")}
 
+    def has_artifact(self, name: str) -> bool:
+        return (self.artifacts / name).is_file()
+
     def artifact_path(self, key: str) -> Path:
         return self.artifacts / f"{key}.safetensors"
 
