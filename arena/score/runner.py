@@ -25,6 +25,7 @@ import torch
 
 import arena
 from arena.asr.metrics import edit_counts
+from arena.data.manifest import sha256_file as file_sha256
 from arena.score.entries import Entry
 from arena.score.profiles import Profile
 from arena.score.store import ResultsStore
@@ -35,14 +36,6 @@ SCORER_VERSION = "1"
 def content_key(**parts) -> str:
     blob = json.dumps({"harness": f"{arena.__version__}/{SCORER_VERSION}", **parts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
