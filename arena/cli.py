@@ -257,6 +257,46 @@ def bench_models_cmd(names, device, batch, seconds, repeats, as_json):
 # ---- end compression (issue 3)
 
 
+# ---- attack speed (issue 6)
+@bench_group.command("attacks")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--n", "n", type=int, default=None, help="Dev utterances (default 16 on CPU, 512 on CUDA).")
+@click.option("--steps", type=int, default=None, help="PGD steps (default 10 on CPU, 30 on CUDA).")
+@click.option("--budget", default="snr30", show_default=True)
+@click.option("--model", "model_name", default="dense", show_default=True,
+              help="dense (zoo; random weights while the zoo has none), random, or a model file.")
+@click.option("--batch-sizes", default=None,
+              help="Comma-separated batch sizes tried for each side (default 4,8,16 on CPU, "
+                   "16,64,256,512 on CUDA); batch size 1 is always measured for ours.")
+@click.option("--no-art", is_flag=True, help="Skip ART.")
+@click.option("--mfu", is_flag=True, help="Also measure TFLOP/s of the attack loop (default model "
+                                          "and a wav2vec2-base-sized one).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art, mfu, as_json):
+    """Our PGD (sandboxed) vs ART's PGD and vs batch size 1: throughput and ΔWER."""
+    from arena.bench.attacks import bench_attacks, print_attacks
+    from arena.sandbox import SandboxUnavailable
+
+    sizes = [int(s) for s in batch_sizes.split(",") if s.strip()] if batch_sizes else None
+    log = (lambda *_: None) if as_json else (lambda m: click.echo(m, err=True))
+    try:
+        result = bench_attacks(device=device, n=n, steps=steps, budget=budget, model=model_name,
+                               batch_sizes=sizes, art=not no_art, log=log)
+    except (FileNotFoundError, ValueError, SandboxUnavailable) as e:
+        raise click.ClickException(str(e))
+    if mfu:
+        from arena.bench.mfu import bench_mfu, print_mfu
+
+        result["mfu"] = bench_mfu(device=result["device"], default_model=model_name)
+    if as_json:
+        _echo_json(result)
+        return
+    print_attacks(result)
+    if mfu:
+        print_mfu(result["mfu"])
+# ---- end attack speed (issue 6)
+
+
 # ---- submissions (issue 4)
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
