@@ -151,7 +151,7 @@ def test_quick_effort_is_cheap(budget_id, net, batch):
 def test_cw_targeted_moves_towards_the_targets(budget_id, net, batch):
     model = TargetModel(net)
     adv, _, backward_calls = attack_run("cw-targeted", budget_id, net, batch)
-    assert backward_calls <= 25
+    assert backward_calls <= load_module("cw-targeted")[0].STEPS["quick"]
     before = model.loss(batch.wave, batch.lengths, batch.targets).detach()
     after = model.loss(adv, batch.lengths, batch.targets).detach()
     assert (after < before).all(), (before, after)

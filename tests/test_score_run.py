@@ -116,8 +116,8 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     assert defenses["none"]["errors"] == []
     assert any("broken" in p and "track" in p for p in board["not_scored"])
     assert len(report.failed_jobs) == 3, report.failed_jobs
-    # 4 attacks x 3 budgets, 2 defenses x (12 attacked sets + clean)
-    assert store.count() == 12 + 2 * 13
+    n_sets = 4 * len(profile.budgets)  # attacked sets: 4 attacks x the profile's budgets
+    assert store.count() == n_sets + 2 * (n_sets + 1)  # + 2 defenses x (attacked sets + clean)
 
 
 def _board_signature(board: dict) -> str:
@@ -174,4 +174,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_pa
     assert board["report"]["failed_jobs"] == []
     lowpass = next(r for r in board["defenses"] if r["name"] == "lowpass")
     assert lowpass["errors"] == [] and lowpass["clean_wer"] is not None
-    assert ResultsStore(store).count() == a.count() + 2 * (1 + 9)  # clean + 9 attacked sets per model
+    from arena.score.profiles import get_profile
+
+    n_sets = 3 * len(get_profile("quick").budgets)
+    assert ResultsStore(store).count() == a.count() + 2 * (1 + n_sets)  # per model: clean + attacked sets
