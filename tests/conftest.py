@@ -18,6 +18,25 @@ def pytest_collection_modifyitems(config, items):
 TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and on a shared 2-core machine two
+    spinning OpenMP threads were measured 10-20x slower under contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    """A tiny random Conformer-CTC shared by a test module (eval mode)."""
+    from arena.asr.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("conformer-ctc", **TINY).eval()
+
+
 @pytest.fixture
 def tiny_model():
     from arena.asr.models import build_model

@@ -39,22 +39,12 @@ def load_plugin(name: str, effort: str = "quick"):
     return plugin
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and on a shared 2-core
-    machine two spinning OpenMP threads were measured 10-20x slower under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def net():
-    from arena.asr.models import build_model
-
-    torch.manual_seed(0)
-    return build_model("conformer-ctc", **TINY).eval()
+def net(tiny_net):
+    return tiny_net
 
 
 @pytest.fixture(scope="module")

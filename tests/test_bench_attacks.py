@@ -21,20 +21,12 @@ TEXTS = ["call mom", "play some music", "hi there", "stop"]
 LENGTHS = [6000, 9000, 4000, 7000]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def net():
-    from arena.asr.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("conformer-ctc", **TINY).eval()
+def net(tiny_net):
+    model = tiny_net
     for p in model.parameters():
         p.requires_grad_(False)
     return model

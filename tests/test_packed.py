@@ -15,21 +15,12 @@ from arena.compress.packed import (decode_nm, encode_nm, export_packed, load_pac
                                    read_header, size_report, unpack_bits)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from arena.asr.models import build_model
-
-    torch.manual_seed(0)
-    return build_model("conformer-ctc", d_model=32, num_layers=1, num_heads=2, ffn_dim=64,
-                       conv_kernel=7).eval()
+def tiny(tiny_net):
+    return tiny_net
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 13, 44])
