@@ -47,7 +47,7 @@ def test_project_within_budget_on_grid_and_clipped(bid):
     assert out.shape == clean.shape and out.dtype == torch.float32
     assert bool((budget.overshoot(clean, out, lengths) <= 1.0 + 1e-6).all())
     assert float(out.abs().max()) <= 1.0
-    assert torch.equal(torch.round(out * 32767), out * 32767)      # int16 grid
+    assert torch.equal(torch.round(out * 32768), out * 32768)      # int16 grid
     for i, n in enumerate(lengths.tolist()):
         assert float(out[i, n:].abs().sum()) == 0.0                 # padding stays zero
     # something of the attack survives (the projection scales, it does not discard)
@@ -113,3 +113,14 @@ def test_target_model_counts_calls(tiny_model):
     assert x.grad is not None
     assert (model.forward_calls, model.backward_calls) == (4, 2)
     assert all(not p.requires_grad for p in tiny_model.parameters())
+
+
+@pytest.mark.parametrize("budget_id", ["snr30", "linf0.003"])
+def test_unchanged_16_bit_audio_passes_projection_unchanged(budget_id):
+    """Corpus audio is k / 32768 (int16 read by soundfile): a no-op attack must not move it."""
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(-32768, 32768, (2, 4000), generator=g).float() / 32768
+    lengths = torch.tensor([4000, 3000])
+    clean[1, 3000:] = 0
+    out = Budget.parse(budget_id).project(clean, clean.clone(), lengths)
+    assert torch.equal(out, clean)

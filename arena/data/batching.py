@@ -31,7 +31,7 @@ class AudioSet:
                         [self.audio[i] for i in idx])
 
     def wave(self, i: int) -> np.ndarray:
-        return self.audio[i].astype(np.float32) / 32768.0
+        return self.audio[i].astype(np.float32) / 32768.0  # the int16 grid soundfile reads
 
     @classmethod
     def from_utterances(cls, utts: list[Utterance], progress: bool = False) -> "AudioSet":
@@ -40,7 +40,7 @@ class AudioSet:
         audio = []
         for u in track(utts, description="loading audio", disable=not progress):
             w = load_audio(u, verify=True)
-            audio.append(np.round(np.clip(w, -1, 1) * 32767).astype(np.int16))
+            audio.append(np.clip(np.round(w * 32768), -32768, 32767).astype(np.int16))
         return cls([u.id for u in utts], [u.text for u in utts], audio)
 
     @classmethod

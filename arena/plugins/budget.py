@@ -12,7 +12,10 @@ from enum import Enum
 
 import torch
 
-INT16 = 32767.0
+# int16 audio as floats is k / 32768 for k in [-32768, 32767] (what soundfile reads from a
+# 16-bit file): clean corpus audio is on this grid, so an unchanged input stays unchanged
+INT16_SCALE = 32768.0
+INT16_MIN, INT16_MAX = -32768.0, 32767.0
 
 
 class ThreatModel(str, Enum):
@@ -26,8 +29,8 @@ def _mask(lengths: torch.Tensor, T: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_int16(x: torch.Tensor) -> torch.Tensor:
-    """Clip to [-1, 1] and round to the int16 grid (round(x * 32767) / 32767)."""
-    return torch.round(x.clamp(-1.0, 1.0) * INT16) / INT16
+    """Round to the int16 grid and clip to its range: round(x * 32768) / 32768."""
+    return torch.round(x * INT16_SCALE).clamp(INT16_MIN, INT16_MAX) / INT16_SCALE
 
 
 _ID = re.compile(r"^(snr|linf)([0-9.eE+-]+)$")
@@ -102,11 +105,11 @@ class Budget:
         m = _mask(lengths, clean.shape[-1], clean)
         delta = (adv - clean) * m
         if self.threat is ThreatModel.LINF:
-            lo = torch.ceil(((clean - self.value).clamp(-1, 1)) * INT16 - 1e-6)
-            hi = torch.floor(((clean + self.value).clamp(-1, 1)) * INT16 + 1e-6)
-            q = torch.round((clean + delta.clamp(-self.value, self.value)).clamp(-1, 1) * INT16)
-            out = torch.maximum(torch.minimum(q, hi), lo) / INT16
-            bad = (lo > hi).any(dim=-1)  # no grid point in the ball (epsilon < 1/65534)
+            lo = torch.ceil((clean - self.value) * INT16_SCALE - 1e-6).clamp(INT16_MIN, INT16_MAX)
+            hi = torch.floor((clean + self.value) * INT16_SCALE + 1e-6).clamp(INT16_MIN, INT16_MAX)
+            q = torch.round((clean + delta.clamp(-self.value, self.value)) * INT16_SCALE)
+            out = torch.maximum(torch.minimum(q, hi), lo) / INT16_SCALE
+            bad = (lo > hi).any(dim=-1)  # no grid point in the box (epsilon below half a step)
             out = torch.where(bad[:, None], clean, out) * m
             return out
         allowed = self.max_l2(clean, lengths)

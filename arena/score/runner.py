@@ -30,7 +30,7 @@ from arena.score.entries import Entry
 from arena.score.profiles import Profile
 from arena.score.store import ResultsStore
 
-SCORER_VERSION = "1"
+SCORER_VERSION = "2"  # 2: the int16 grid is k / 32768 (clean audio passes unchanged)
 
 
 def content_key(**parts) -> str:
