@@ -17,7 +17,7 @@ more confident success survives the harness's int16 rounding better). Success is
 the device every step; the loop stops early, checked every CHECK_EVERY steps (the only host
 sync), once every utterance decodes to its target.
 
-Cost per batch (forward + backward passes): at most 60 (quick) / 500 (full), plus one
+Cost per batch (forward + backward passes): at most 100 (quick) / 500 (full), plus one
 final forward.
 """
 import torch
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from arena import TargetedAttack, ThreatModel
 
-STEPS = {"quick": 60, "full": 500}
-LR = {"quick": 0.1, "full": 0.05}
+STEPS = {"quick": 100, "full": 500}
+LR = {"quick": 0.5, "full": 0.05}
 C = 0.05
 CHECK_EVERY = 5
 
