@@ -168,6 +168,10 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_pa
     # a fresh clone has the cells but not the adversarial audio (not versioned): a new
     # defense makes the seeded attacks run again for their audio, and nothing is lost
     shutil.rmtree(store / "artifacts")
+    same = _score(world, store, *args)  # nothing new: nothing runs, no audio is remade
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert json.loads(same.stdout)["report"]["computed"] == 0
+    assert not list((store / "artifacts").glob("*.safetensors"))
     more = _score(world, store, "--trusted", "--attacks", "noop,fgsm,noise", "--defenses", "none,lowpass")
     assert more.returncode == 0, more.stderr[-3000:]
     board = json.loads(more.stdout)

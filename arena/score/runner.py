@@ -159,26 +159,31 @@ class Scorer:
                     profile=self.opt.profile.name, **kw)
 
     # ------------------------------------------------------------ attacks
-    def run_attack(self, attack: Entry, model: TargetSpec, budgets: list[str]) -> None:
+    def run_attack(self, attack: Entry, model: TargetSpec, budgets: list[str],
+                   regenerate: bool = False) -> None:
+        """One sandbox job for every missing budget of (attack, model). With `regenerate`,
+        only the adversarial audio of cells whose artifact file is missing is recomputed:
+        the audio is not versioned with the store, so a fresh clone has the cells only, and
+        a new defense needs the audio (the attack is seeded, so it is the same audio)."""
         from arena.plugins.api import Budget
         from arena.sandbox import run_attack_job
 
-        todo, regenerate = [], set()
+        todo = []
         for b in budgets:
             key = self.attack_key(attack, b, model)
             cell = self.store.get(key)
-            if cell is None:
-                if self.store.claim(key):
+            if regenerate:
+                if cell is not None and cell["artifact"] and not self.store.has_artifact(cell["artifact"]):
                     todo.append((b, key))
-            elif cell["artifact"] and not self.store.has_artifact(cell["artifact"]):
-                # the adversarial audio is not versioned with the store (a fresh clone has
-                # the cells only): a new defense needs it, so the seeded attack runs again
+            elif cell is None and self.store.claim(key):
                 todo.append((b, key))
-                regenerate.add(key)
+        if regenerate and not todo:
+            return
         if not todo:
             self.report.reused += len(budgets)
             return
-        self.report.reused += len(budgets) - len(todo)
+        if not regenerate:
+            self.report.reused += len(budgets) - len(todo)
         targeted = attack.track == "targeted-attack"
         plan = _batches(self.subset, self.opt.profile, with_transcripts=True, with_targets=targeted)
         batches, batch_budgets = [], []
@@ -213,7 +218,7 @@ class Scorer:
             if result.status != "ok" and not error:
                 error = result.error
             artifact = self.store.write_artifact(key, _pack_waves(ids, waves))
-            if key in regenerate:
+            if regenerate:
                 continue
             finite = [s for s in snrs if np.isfinite(s)]
             metrics = dict(ids=ids, snr_db=[round(s, 3) if np.isfinite(s) else None for s in snrs],
@@ -249,7 +254,11 @@ class Scorer:
                 if not self.store.claim(dk):
                     self.report.reused += 1
                     continue
-                sets.append((dk, "defense", attack, b, _unpack_waves(self.store.read_artifact(cell["artifact"]))))
+                waves = self._attack_audio(attack, b, model, cell)
+                if waves is None:
+                    self.store.release(dk)
+                    continue
+                sets.append((dk, "defense", attack, b, waves))
         if not sets:
             return
         # shuffle and rename: the defense sees anonymous audio only
@@ -340,7 +349,10 @@ class Scorer:
         net = load_model(model.path, device=self.opt.device)
         text_of = dict(zip(self.subset.ids, self.subset.texts))
         for tk, attack, b, cell in todo:
-            waves = _unpack_waves(self.store.read_artifact(cell["artifact"]))
+            waves = self._attack_audio(attack, b, source, cell)
+            if waves is None:
+                self.store.release(tk)
+                continue
             ids = list(waves)
             hyps = {}
             for idx in length_batches(np.array([len(waves[u]) for u in ids]) / 16_000,
@@ -358,6 +370,17 @@ class Scorer:
             self.report.computed += 1
 
     # ------------------------------------------------------------ helpers
+    def _attack_audio(self, attack: Entry, budget: str, model: TargetSpec, cell: dict):
+        """The adversarial audio of an attack cell by utterance id, regenerated first when
+        its file is missing; None (and a failed job) when it cannot be had."""
+        if not self.store.has_artifact(cell["artifact"] or ""):
+            self.run_attack(attack, model, list(self.opt.profile.budgets), regenerate=True)
+        if not self.store.has_artifact(cell["artifact"] or ""):
+            self.report.failed_jobs.append(f"attack {attack.name} on {model.name} ({budget}): "
+                                           "adversarial audio missing and not regenerated")
+            return None
+        return _unpack_waves(self.store.read_artifact(cell["artifact"]))
+
     def _limits(self):
         from arena.sandbox import SandboxLimits
 
