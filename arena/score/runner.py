@@ -342,8 +342,12 @@ class Scorer:
                 ak = self.attack_key(attack, b, source)
                 cell = self.store.get(ak)
                 tk = self.transfer_key(ak, model)
-                if cell is not None and self.store.claim(tk):
+                if cell is None:
+                    continue
+                if self.store.claim(tk):
                     todo.append((tk, attack, b, cell))
+                elif self.store.has(tk):
+                    self.report.reused += 1
         if not todo:
             return
         net = load_model(model.path, device=self.opt.device)
