@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from arena.asr.models import build_model
-from arena.asr.train import TrainConfig, lr_at, train
+from arena.asr.train import TrainConfig, _speed_perturb, lr_at, train
 from arena.data.batching import AudioSet
 
 from conftest import TINY
@@ -66,3 +66,19 @@ def test_lr_schedule():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, final_lr_fraction=0.1)
     assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 9) == 1.0
     assert abs(lr_at(cfg, 100) - 0.1) < 1e-9 and lr_at(cfg, 50) < lr_at(cfg, 20)
+
+
+def test_speed_perturbation_shifts_pitch_and_length_and_keeps_padding_silent():
+    sr = 16000
+    t = torch.arange(sr) / sr
+    tone = torch.sin(2 * torch.pi * 500 * t)
+    wave = torch.stack([tone, torch.cat([tone[: sr // 2], torch.zeros(sr // 2)])])
+    lengths = torch.tensor([sr, sr // 2])
+    fast, fast_len = _speed_perturb(wave, lengths, 1.1)
+    assert fast_len.tolist() == [14546, 7273] and fast.shape[1] == 14546
+    spectrum = torch.fft.rfft(fast[0, : fast_len[0]]).abs()
+    peak_hz = spectrum.argmax().item() * sr / int(fast_len[0])
+    assert abs(peak_hz - 550) < 3  # 10% faster: 500 Hz -> 550 Hz
+    assert fast[1, fast_len[1] + 40:].abs().max() < 1e-3  # padding stays silence
+    same, same_len = _speed_perturb(wave, lengths, 1.0)
+    assert same is wave and same_len is lengths

@@ -37,11 +37,21 @@ def train_default(out_dir=None, steps=3000, batch_seconds=60.0, lr=1.5e-3, devic
           f"utterances, {steps} steps, device {device}")
     state = train(model, train_set, cfg, out_dir, dev=dev_set, resume=resume, progress=progress)
     final = Path(export) if export else out_dir / "final.safetensors"
+    # a warm-started model's card counts the steps behind its initial weights too
+    prior_steps = _recorded_steps(init) if init else 0
     save_checkpoint(model.cpu(), final, extra={
-        "train_steps": state.step, "data_seed_tag": seed_tag(DEFAULT_SEED),
+        "train_steps": prior_steps + state.step, "data_seed_tag": seed_tag(DEFAULT_SEED),
         "train_utterances": len(train_set), "parameters": model.num_parameters()})
     print(f"wrote {final}")
     return final
+
+
+def _recorded_steps(path) -> int:
+    from arena.asr.models import read_metadata
+
+    if str(path).endswith(".safetensors"):
+        return int(read_metadata(path).get("train_steps", 0))
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("step", 0))
 
 
 def warm_start(model, path) -> None:

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio
 
 from arena.asr.models import ASRModel, save_checkpoint
 from arena.data.batching import AudioSet, length_batches, pad_waves
@@ -31,6 +32,9 @@ class TrainConfig:
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
     noise_prob: float = 0.5  # additive white noise at 15-40 dB SNR
+    # speed perturbation (Ko et al. 2015): resampling a batch by one of these factors shifts
+    # tempo and formants together, a cheap stand-in for unseen voices; 1.0 = unchanged
+    speed_factors: tuple = (0.9, 0.95, 1.0, 1.05, 1.1)
     seed: int = 0
     checkpoint_every: int = 200
     eval_every: int = 500
@@ -60,7 +64,19 @@ def ctc_loss(model: ASRModel, wave, lengths, texts, reduction="mean"):
                       zero_infinity=True)
 
 
+def _speed_perturb(wave, lengths, factor: float):
+    """Play `wave` `factor` times faster: resample by the integer ratio round(100 f) : 100."""
+    if factor == 1.0:
+        return wave, lengths
+    orig = int(round(100 * factor))
+    wave = torchaudio.functional.resample(wave, orig_freq=orig, new_freq=100)
+    lengths = torch.clamp((lengths * 100 + orig - 1) // orig, max=wave.shape[1])
+    return wave, lengths
+
+
 def _augment(wave, lengths, rng: np.random.Generator, cfg: TrainConfig):
+    if cfg.speed_factors:
+        wave, lengths = _speed_perturb(wave, lengths, float(rng.choice(cfg.speed_factors)))
     gain = torch.from_numpy(rng.uniform(0.25, 1.0, size=(wave.shape[0], 1)).astype(np.float32))
     wave = wave * gain.to(wave.device)
     if cfg.noise_prob > 0:
@@ -71,7 +87,7 @@ def _augment(wave, lengths, rng: np.random.Generator, cfg: TrainConfig):
         noise = torch.randn(wave.shape, generator=None, device=wave.device) * scale
         mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
         wave = wave + noise * torch.from_numpy(use).to(wave.device) * mask
-    return wave
+    return wave, lengths
 
 
 def batch_stream(durations, cfg: TrainConfig):
@@ -144,7 +160,7 @@ def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, devic
             rng = np.random.default_rng(cfg.seed * 1_000_003 + state.step)
             wave, lengths = pad_waves([data.wave(i) for i in idx])
             wave, lengths = wave.to(device), lengths.to(device)
-            wave = _augment(wave, lengths, rng, cfg)
+            wave, lengths = _augment(wave, lengths, rng, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, state.step)
             with torch.autocast(device.type, dtype=torch.bfloat16,
