@@ -59,6 +59,7 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
     from arena.compress.packed import export_packed, load_packed, size_report
     from arena.data.batching import AudioSet
     from arena.data.corpus import ensure_split
+    from arena.data.manifest import sha256_file
     from arena.models_io import file_stem, zoo_path
 
     steps = DEFAULT_STEPS.get(recipe, 300) if steps is None else steps
@@ -71,7 +72,10 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
         hooks = compression_hooks(model, cfg, total_steps=steps)
         tcfg = TrainConfig(steps=steps, batch_seconds=batch_seconds, lr=lr, warmup=min(50, steps // 5),
                            device=device, eval_every=0, checkpoint_every=50, noise_prob=0.3)
-        run_dir = paths.runs_dir() / f"compress-{file_stem(recipe)}"
+        # the run folder is keyed by the dense weights and step count: resuming must never
+        # pick up a fine-tuning run that started from another dense model
+        dense_tag = sha256_file(zoo_path("dense"))[:10]
+        run_dir = paths.runs_dir() / f"compress-{file_stem(recipe)}-{steps}-{dense_tag}"
         train(model, train_set, tcfg, run_dir, hooks=hooks, progress=progress, log=log)
     model.eval()
     out = Path(out_path) if out_path else zoo_path(recipe)
