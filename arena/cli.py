@@ -100,14 +100,17 @@ def eval_cmd(model_name, split, limit, device, as_json):
 @click.option("--post-training", is_flag=True, help="No fine-tuning (same as --steps 0).")
 @click.option("--device", default=None)
 @click.option("--out", default=None, help="Write the packed file here instead of the zoo.")
+@click.option("--distill", is_flag=True,
+              help="Fine-tune against the dense model's frame posteriors as well as the CTC loss.")
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak fine-tuning learning rate.")
 @click.option("--json", "as_json", is_flag=True)
-def compress(recipe, steps, post_training, device, out, as_json):
+def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
     """Compress the dense model with a recipe (fine-tuned by default), pack it, evaluate it."""
     from arena.asr.pipeline import default_device
     from arena.compress.zoo import build_variant
 
     card = build_variant(recipe, steps=0 if post_training else steps, device=default_device(device),
-                         out_path=out, progress=not as_json)
+                         out_path=out, distill=distill, lr=lr, progress=not as_json)
     if as_json:
         _echo_json(card)
     else:

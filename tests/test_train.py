@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from arena.asr.models import build_model
-from arena.asr.train import TrainConfig, _speed_perturb, lr_at, train
+from arena.asr.train import TrainConfig, _speed_perturb, distill_loss, lr_at, train
 from arena.data.batching import AudioSet
 
 from conftest import TINY
@@ -82,3 +82,37 @@ def test_speed_perturbation_shifts_pitch_and_length_and_keeps_padding_silent():
     assert fast[1, fast_len[1] + 40:].abs().max() < 1e-3  # padding stays silence
     same, same_len = _speed_perturb(wave, lengths, 1.0)
     assert same is wave and same_len is lengths
+
+
+def test_distill_loss_is_zero_for_the_teacher_itself_and_ignores_padding():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 7, 5).log_softmax(-1)
+    lengths = torch.tensor([7, 4])
+    assert distill_loss(teacher, teacher, lengths).abs() < 1e-6
+    student = torch.randn(2, 7, 5).log_softmax(-1)
+    assert distill_loss(student, teacher, lengths) > 0.05
+    # frames past an utterance's length do not count
+    padded = student.clone()
+    padded[1, 4:] = torch.randn(3, 5).log_softmax(-1)
+    assert torch.isclose(distill_loss(padded, teacher, lengths), distill_loss(student, teacher, lengths))
+
+
+def test_training_with_a_teacher_moves_the_student_towards_it(tmp_path):
+    data = _toy_set(6)
+    torch.manual_seed(0)
+    teacher = build_model("conformer-ctc", **TINY).eval()
+    student = build_model("conformer-ctc", **TINY)
+    wave = torch.from_numpy(data.wave(0).astype(np.float32))[None]
+    lengths = torch.tensor([wave.shape[1]])
+
+    def gap():
+        with torch.no_grad():
+            s, n = student.eval()(wave, lengths)
+            t, _ = teacher(wave, lengths)
+        return float(distill_loss(s, t, n))
+
+    before = gap()
+    cfg = TrainConfig(steps=30, batch_seconds=4.0, warmup=3, lr=3e-3, noise_prob=0.0,
+                      distill_weight=50.0, eval_every=0, checkpoint_every=30, speed_factors=())
+    train(student, data, cfg, tmp_path, progress=False, teacher=teacher)
+    assert gap() < 0.5 * before

@@ -35,6 +35,8 @@ class TrainConfig:
     # speed perturbation (Ko et al. 2015): resampling a batch by one of these factors shifts
     # tempo and formants together, a cheap stand-in for unseen voices; 1.0 = unchanged
     speed_factors: tuple = (0.9, 0.95, 1.0, 1.05, 1.1)
+    # weight of the frame-level distillation term when train() is given a teacher
+    distill_weight: float = 1.0
     seed: int = 0
     checkpoint_every: int = 200
     eval_every: int = 500
@@ -57,11 +59,35 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def ctc_loss(model: ASRModel, wave, lengths, texts, reduction="mean"):
-    targets, target_lengths = model.tokenizer.encode_batch(texts)
     log_probs, out_lengths = model(wave, lengths)
-    return F.ctc_loss(log_probs.transpose(0, 1), targets.to(wave.device), out_lengths,
-                      target_lengths.to(wave.device), blank=0, reduction=reduction,
+    return _ctc(model, log_probs, out_lengths, texts, reduction)
+
+
+def _ctc(model, log_probs, out_lengths, texts, reduction="mean"):
+    targets, target_lengths = model.tokenizer.encode_batch(texts)
+    device = log_probs.device
+    return F.ctc_loss(log_probs.transpose(0, 1), targets.to(device), out_lengths,
+                      target_lengths.to(device), blank=0, reduction=reduction,
                       zero_infinity=True)
+
+
+def distill_loss(student_log_probs, teacher_log_probs, out_lengths):
+    """KL(teacher || student) per output frame, averaged over the real frames: the teacher's
+    whole posterior (blank included) is a denser target than the transcript alone, which
+    helps a compressed student recover its dense teacher's accuracy (Hinton et al. 2015)."""
+    kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)  # (B, T)
+    mask = torch.arange(kl.shape[1], device=kl.device)[None, :] < out_lengths[:, None]
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+def training_loss(model, wave, lengths, texts, teacher=None, distill_weight=1.0):
+    log_probs, out_lengths = model(wave, lengths)
+    loss = _ctc(model, log_probs, out_lengths, texts)
+    if teacher is not None and distill_weight > 0:
+        with torch.no_grad():
+            teacher_log_probs, _ = teacher(wave, lengths)
+        loss = loss + distill_weight * distill_loss(log_probs, teacher_log_probs.float(), out_lengths)
+    return loss
 
 
 def _speed_perturb(wave, lengths, factor: float):
@@ -108,12 +134,14 @@ def _save_state(path: Path, model, opt, state: TrainState, cfg: TrainConfig):
 
 def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
           dev: AudioSet | None = None, resume: bool = True, progress: bool = True,
-          hooks: list[Callable] | None = None, log: Callable[[str], None] = print) -> TrainState:
+          hooks: list[Callable] | None = None, log: Callable[[str], None] = print,
+          teacher: ASRModel | None = None) -> TrainState:
     """Train `model` in place for cfg.steps optimiser steps; returns the final state.
 
     `out_dir/state.pt` holds the resumable state; `out_dir/log.jsonl` one line per
     logged step. A hook is called as hook(event, model, step) with event 'before_step'
-    (after backward, before the optimiser) or 'after_step'.
+    (after backward, before the optimiser) or 'after_step'. With a `teacher` (a frozen model
+    with the same output frames) the loss adds cfg.distill_weight x distill_loss.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,14 +164,16 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
     for _ in range(state.step):  # resume where the uninterrupted run would be
         next(stream)
     with open(out_dir / "log.jsonl", "a") as log_file:
+        if teacher is not None:
+            teacher.to(device).eval().requires_grad_(False)
         _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
-                   progress, log)
+                   progress, log, teacher)
     model.eval()
     return state
 
 
 def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
-               progress, log):
+               progress, log, teacher=None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from arena.asr.evaluate import evaluate
@@ -165,7 +195,8 @@ def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, devic
                 g["lr"] = lr_at(cfg, state.step)
             with torch.autocast(device.type, dtype=torch.bfloat16,
                                 enabled=cfg.amp and device.type == "cuda"):
-                loss = ctc_loss(model, wave, lengths, [data.texts[i] for i in idx])
+                loss = training_loss(model, wave, lengths, [data.texts[i] for i in idx],
+                                     teacher, cfg.distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for h in hooks:

@@ -47,9 +47,11 @@ def compression_config_for(recipe: str, fine_tune: bool):
 
 def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
                   eval_split: str = "test", out_path=None, batch_seconds: float = 40.0,
-                  lr: float = 3e-4, progress: bool = True, log=print) -> dict:
+                  lr: float = 3e-4, distill: bool = False, progress: bool = True,
+                  log=print) -> dict:
     """Compress the dense model with `recipe`, fine-tune for `steps` (0 = post-training),
-    write the packed file (zoo by default) and return its card (also written for the zoo)."""
+    write the packed file (zoo by default) and return its card (also written for the zoo).
+    With `distill` the fine-tuning also matches the dense model's frame posteriors."""
     import torch
 
     from arena.asr.evaluate import evaluate
@@ -75,8 +77,12 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
         # the run folder is keyed by the dense weights and step count: resuming must never
         # pick up a fine-tuning run that started from another dense model
         dense_tag = sha256_file(zoo_path("dense"))[:10]
-        run_dir = paths.runs_dir() / f"compress-{file_stem(recipe)}-{steps}-{dense_tag}"
-        train(model, train_set, tcfg, run_dir, hooks=hooks, progress=progress, log=log)
+        kd = "-kd" if distill else ""
+        lr_tag = "" if lr == 3e-4 else f"-lr{lr:g}"
+        run_dir = paths.runs_dir() / f"compress-{file_stem(recipe)}-{steps}{kd}{lr_tag}-{dense_tag}"
+        teacher = load_checkpoint(zoo_path("dense"), device=device) if distill else None
+        train(model, train_set, tcfg, run_dir, hooks=hooks, progress=progress, log=log,
+              teacher=teacher)
     model.eval()
     out = Path(out_path) if out_path else zoo_path(recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,8 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
     sizes = size_report(out)
     card = dict(name=recipe, recipe=recipe, bits=cfg.bits, sparsity=None if cfg.n is None else f"{cfg.n}:{cfg.m}",
                 int2_mode=cfg.int2_mode if cfg.bits == 2 else None,
-                fine_tuned=steps > 0, fine_tune_steps=steps, bytes=out.stat().st_size,
+                fine_tuned=steps > 0, fine_tune_steps=steps, fine_tune_lr=lr if steps > 0 else None,
+                distilled=distill and steps > 0, bytes=out.stat().st_size,
                 size_ratio=sizes.get("ratio_fp32"), size_ratio_bf16=sizes.get("ratio_bf16"),
                 **{f"{eval_split}_wer": round(res.wer, 5), f"{eval_split}_cer": round(res.cer, 5)},
                 rel_wer_regression=None if not dense_wer else round((res.wer - dense_wer) / dense_wer, 4),
