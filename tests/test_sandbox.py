@@ -286,3 +286,24 @@ def test_attack_submission_cannot_run_as_defense(tmp_path, model_file):
     sub = make_sub(tmp_path, "atk", GOOD)
     r = run_defense_job(sub, model_file, [batch("a")])
     assert r.status == "error" and "not a defense" in r.error
+
+
+def test_sandbox_keeps_a_virtual_environment_under_tmp(tmp_path):
+    """A venv's python is a symlink to the base interpreter: the sandbox must start it by
+    its own path (or the venv is lost), and a venv under the host's /tmp must stay visible
+    through the sandbox's private /tmp."""
+    import subprocess
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, symlinks=True, with_pip=False).create(env_dir)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    probe = ("import subprocess; from arena.sandbox import bwrap; "
+             f"cmd = bwrap.build_command({str(tmp_path / 'in')!r}, {str(tmp_path / 'out')!r}, "
+             "[bwrap.python_executable(), '-c', 'import sys, arena; print(sys.prefix)'], env={}); "
+             "r = subprocess.run(cmd, capture_output=True, text=True); print(r.stdout + r.stderr)")
+    out = subprocess.run([str(env_dir / "bin" / "python"), "-c", probe], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == str(env_dir), out.stdout

@@ -89,7 +89,9 @@ def arena_package_dir() -> str:
 
 
 def python_executable() -> str:
-    return os.path.realpath(sys.executable)
+    # not resolved: a virtual environment's python is a symlink, and Python finds the
+    # environment (pyvenv.cfg) from the path it was started by, not from the link's target
+    return os.path.abspath(sys.executable)
 
 
 def gpu_devices() -> list[str]:
@@ -117,7 +119,7 @@ def build_command(input_dir: str, output_dir: str, argv: list[str], *, env: dict
     # what torch reads to count CPUs (read-only, no secrets)
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     # mount points under new folders: make those folders traversable (bwrap makes them 0700)
-    made: set[str] = set()
+    made: set[str] = {"/tmp"}  # the private tmpfs, world-writable: keep its mode
 
     def parents(path: str) -> list[str]:
         out = []
@@ -128,10 +130,12 @@ def build_command(input_dir: str, output_dir: str, argv: list[str], *, env: dict
                 out += ["--perms", "0755", "--dir", p]
         return out
 
+    # the private /tmp first, so that an environment or checkout under the host's /tmp is
+    # bound on top of it rather than hidden by it
+    cmd += ["--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     for root in [*python_roots(), arena_package_dir()]:
         cmd += parents(root) + ["--ro-bind", root, root]
     cmd += ["--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
             "--perms", "0755", "--dir", SANDBOX_ROOT,
             "--ro-bind", input_dir, f"{SANDBOX_ROOT}/input",
             "--bind", output_dir, f"{SANDBOX_ROOT}/output",
