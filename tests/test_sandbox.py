@@ -292,18 +292,25 @@ def test_sandbox_keeps_a_virtual_environment_under_tmp(tmp_path):
     """A venv's python is a symlink to the base interpreter: the sandbox must start it by
     its own path (or the venv is lost), and a venv under the host's /tmp must stay visible
     through the sandbox's private /tmp."""
+    import site
     import subprocess
     import venv
 
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, symlinks=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(symlinks=True, with_pip=False).create(env_dir)
+    # the new environment sees this one's packages (arena, torch), wherever they live; the
+    # import line makes site read their .pth files too (an editable install's finder)
+    site_dir = next((env_dir / "lib").glob("python3*/site-packages"))
+    (site_dir / "outer.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages()))
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()
     probe = ("import subprocess; from arena.sandbox import bwrap; "
              f"cmd = bwrap.build_command({str(tmp_path / 'in')!r}, {str(tmp_path / 'out')!r}, "
              "[bwrap.python_executable(), '-c', 'import sys, arena; print(sys.prefix)'], env={}); "
              "r = subprocess.run(cmd, capture_output=True, text=True); print(r.stdout + r.stderr)")
+    # run from elsewhere, so arena is not found through the working directory
     out = subprocess.run([str(env_dir / "bin" / "python"), "-c", probe], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == str(env_dir), out.stdout

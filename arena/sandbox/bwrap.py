@@ -76,6 +76,10 @@ def python_roots() -> list[str]:
               sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")):
         if p:
             roots.add(os.path.realpath(p))
+    # package folders added from outside the environment (a .pth, site.addsitedir)
+    for p in sys.path:
+        if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p):
+            roots.add(os.path.realpath(p))
     # keep only the outermost folders
     out = []
     for r in sorted(roots):
