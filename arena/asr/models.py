@@ -51,19 +51,37 @@ def _length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class LogMelFrontend(nn.Module):
-    """80 log-mel bands every 10 ms, normalised per utterance over its real frames."""
+    """80 log-mel bands every 10 ms, normalised per utterance over its real frames.
+
+    Each row is framed as if it were alone: the STFT's centre padding reflects the row's own
+    samples at its true end (torch's `center=True` would reflect the batch's zero padding
+    into the last frames), so a transcript never depends on what it is batched with."""
 
     hop = 160
+    n_fft = 400
 
     def __init__(self, n_mels: int = 80):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=self.hop,
-            n_mels=n_mels, power=2.0)
+            sample_rate=SAMPLE_RATE, n_fft=self.n_fft, win_length=self.n_fft, hop_length=self.hop,
+            n_mels=n_mels, power=2.0, center=False)
+
+    def reflect_pad(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T + n_fft): n_fft/2 samples reflected about each row's first and
+        last real sample, zeros after that (what `center=True` does to an unpadded row)."""
+        half = self.n_fft // 2
+        pos = torch.arange(-half, wave.shape[1] + half, device=wave.device)[None, :]
+        last = (lengths - 1).clamp_min(0)[:, None]
+        idx = pos.abs()                                   # reflect about sample 0
+        idx = torch.where(idx > last, 2 * last - idx, idx)  # reflect about the last real one
+        valid = (idx >= 0) & (pos <= last + half)
+        padded = torch.gather(wave, 1, idx.clamp(0, wave.shape[1] - 1).expand(wave.shape[0], -1))
+        return padded * valid.to(wave.dtype)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor):
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            feats = torch.log(self.mel(wave.float()) + 1e-6)  # (B, F, T)
+            padded = self.reflect_pad(wave.float(), lengths)
+            feats = torch.log(self.mel(padded) + 1e-6)  # (B, F, T)
         frames = lengths // self.hop + 1
         mask = _length_mask(frames, feats.shape[-1])[:, None, :].to(feats.dtype)
         count = mask.sum(-1, keepdim=True).clamp_min(1.0)
@@ -151,24 +169,56 @@ class ConformerCTC(ASRModel):
         self.head = nn.Linear(d, self.tokenizer.vocab_size * cfg["ctc_upsample"])
 
     def forward(self, wave, lengths):
-        feats, frames = self.frontend(wave, lengths)
+        feats, frames = self.frontend(wave, lengths)  # zero beyond each row's frames
         feats = self.spec_augment(feats)
-        x = self.subsample(feats)  # (B, d, T/4)
-        for _ in range(2):
+        # subsampling: each stride-2 conv sees zeros past a row's end, as it would alone
+        x = feats
+        for conv, act in ((self.subsample[0], self.subsample[1]), (self.subsample[2], self.subsample[3])):
+            x = act(conv(x))
             frames = (frames - 1) // 2 + 1
+            x = x * _length_mask(frames, x.shape[-1])[:, None, :].to(x.dtype)
         frames = frames.clamp(min=1, max=x.shape[-1])
         # the encoder's layers are run here rather than through torchaudio's Conformer.forward,
         # whose padding mask takes max(lengths).item(): a device->host sync on every forward
         # (every attack step). The static frame count gives the same mask without one.
         pad = ~_length_mask(frames, x.shape[-1])  # (B, T') True = padding
         x = x.permute(2, 0, 1)  # (T', B, d), time first as torchaudio's layers expect
+        keep = (~pad).T[:, :, None].to(x.dtype)  # (T', B, 1)
         for layer in self.encoder.conformer_layers:
-            x = layer(x, pad)
+            x = conformer_layer(layer, x, pad, keep)
         x = x.transpose(0, 1)
         up = self.config["ctc_upsample"]
         logits = self.head(x).float()
         logits = logits.view(logits.shape[0], logits.shape[1] * up, -1)
         return F.log_softmax(logits, dim=-1), frames * up
+
+
+def conformer_layer(layer, x: torch.Tensor, pad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ConformerLayer.forward with the padding masked in the convolution module
+    too (torchaudio masks only attention): the depthwise conv's input is zeroed on padded
+    frames, so valid frames see the zeros they would see at the end of an unpadded row.
+    x (T, B, D); pad (B, T) True = padding; keep (T, B, 1) = 1 on valid frames."""
+    x = x + 0.5 * layer.ffn1(x)
+    if layer.convolution_first:
+        x = x + _masked_conv_module(layer.conv_module, x, keep)
+    h = layer.self_attn_layer_norm(x)
+    h, _ = layer.self_attn(query=h, key=h, value=h, key_padding_mask=pad, need_weights=False)
+    x = x + layer.self_attn_dropout(h)
+    if not layer.convolution_first:
+        x = x + _masked_conv_module(layer.conv_module, x, keep)
+    x = x + 0.5 * layer.ffn2(x)
+    return layer.final_layer_norm(x)
+
+
+def _masked_conv_module(module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    pointwise, glu, depthwise, *rest = module.sequential
+    h = module.layer_norm(x)                         # (T, B, D)
+    h = glu(pointwise(h.permute(1, 2, 0)))           # (B, C, T)
+    h = h * keep.permute(1, 2, 0)                    # zero the padded frames before mixing time
+    h = depthwise(h)
+    for m in rest:
+        h = m(h)
+    return h.permute(2, 0, 1)
 
 
 # torchaudio's English CTC bundles emit these labels; we permute the head to our alphabet
