@@ -69,7 +69,7 @@ def train(out_dir, steps, batch_seconds, lr, device, train_size, model_config, a
 @click.option("--device", default=None)
 def publish_dense_cmd(checkpoint, device):
     """Put a trained checkpoint in the zoo as `dense` and write its model card."""
-    from arena.asr.pipeline import publish_dense
+    from arena.zoo.build import publish_dense
 
     _echo_json(publish_dense(checkpoint, device=device))
 
@@ -82,7 +82,7 @@ def publish_dense_cmd(checkpoint, device):
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_name, split, limit, device, as_json):
     """WER and CER of a model on a split (built first if missing)."""
-    from arena.asr.pipeline import evaluate_named
+    from arena.zoo.build import evaluate_named
 
     res = evaluate_named(model_name, split, limit=limit, device=device, progress=not as_json)
     if as_json:
@@ -106,8 +106,8 @@ def eval_cmd(model_name, split, limit, device, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
     """Compress the dense model with a recipe (fine-tuned by default), pack it, evaluate it."""
-    from arena.asr.pipeline import default_device
-    from arena.compress.zoo import build_variant
+    from arena.core.device import default_device
+    from arena.zoo.build import build_variant
 
     card = build_variant(recipe, steps=0 if post_training else steps, device=default_device(device),
                          out_path=out, distill=distill, lr=lr, progress=not as_json)
@@ -140,14 +140,15 @@ def _split_names(value):
 def score(profile, split, n_utterances, manifest, attacks, defenses, models, device, trusted,
           store_dir, as_json):
     """Run every attack against every defense and model; print the leaderboard."""
-    from arena import paths
-    from arena.asr.pipeline import default_device
-    from arena.leaderboard import build as lb_build, render
-    from arena.score.entries import discover
-    from arena.score.profiles import get_profile
+    from arena.core import paths
+    from arena.core.device import default_device
     from arena.data.manifest import ManifestError
+    from arena.leaderboard import build as lb_build
+    from arena.leaderboard import render
+    from arena.score.profiles import get_profile
     from arena.score.runner import ScoreOptions, load_subset, run_score, target_specs
     from arena.score.store import ResultsStore
+    from arena.submissions.entries import discover
 
     device = default_device(device)
     profile = get_profile(profile or ("full" if device.startswith("cuda") else "quick"),
@@ -195,8 +196,9 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
 @click.option("--write", is_flag=True, help="Also rewrite the published files.")
 def leaderboard(as_json, as_csv, store_dir, write):
     """Print the leaderboard from the results store (no scoring)."""
-    from arena import paths
-    from arena.leaderboard import build as lb_build, render
+    from arena.core import paths
+    from arena.leaderboard import build as lb_build
+    from arena.leaderboard import render
     from arena.score.store import ResultsStore
 
     root = store_dir or paths.leaderboard_dir()
@@ -221,7 +223,7 @@ def leaderboard(as_json, as_csv, store_dir, write):
 @click.option("--json", "as_json", is_flag=True)
 def models_cmd(as_json):
     """List the zoo: file size, ratio to the dense fp32 file, WER fields."""
-    from arena.compress.catalog import list_models
+    from arena.zoo.registry import list_models
 
     rows = list_models()
     if as_json:
@@ -251,7 +253,7 @@ def bench_group():
 @click.option("--json", "as_json", is_flag=True)
 def bench_models_cmd(names, device, batch, seconds, repeats, as_json):
     """Latency and peak memory of zoo models (all by default) vs the dense baseline."""
-    from arena.compress.bench import bench_models
+    from arena.bench.models import bench_models
 
     rows = bench_models(list(names), device=device, batch=batch, seconds=seconds,
                         repeats=repeats, print_table=not as_json)
@@ -308,8 +310,8 @@ def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art,
 @click.option("--trusted", is_flag=True, help="Run WITHOUT the sandbox (your own code only).")
 def validate(path, as_json, wall_s, trusted):
     """Check a submission folder and dry-run it in the sandbox on synthetic audio."""
-    from arena.plugins.validate import validate as run_validate
     from arena.sandbox import SandboxUnavailable
+    from arena.submissions.validate import validate as run_validate
 
     try:
         report = run_validate(path, wall_s=wall_s, trusted=trusted)
@@ -334,9 +336,9 @@ def validate(path, as_json, wall_s, trusted):
 @click.option("--trusted", is_flag=True, help="Validate WITHOUT the sandbox (your own code only).")
 def submit(path, replace, max_unpacked_mb, trusted):
     """Install a submission (folder, .zip or .tar.gz) into submissions/<name>/ after validation."""
-    from arena.plugins.manifest import SubmissionError
-    from arena.plugins.submit import submit as run_submit
     from arena.sandbox import SandboxUnavailable
+    from arena.submissions.manifest import SubmissionError
+    from arena.submissions.submit import submit as run_submit
 
     try:
         record = run_submit(path, replace=replace, max_unpacked_mb=max_unpacked_mb, trusted=trusted)

@@ -1,14 +1,19 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from arena.data import corpus
-from arena.data.batching import AudioSet, length_batches, pad_waves
+from arena.data.batching import AudioSet, length_batches
+from arena.core.audio import pad_waves
 from arena.data.corpus import CorpusSpec, build_split, plan_split, seed_tag
 from arena.data.lexicon import TEMPLATES, lexicon
-from arena.data.manifest import ManifestError, load_audio, read_manifest, write_manifest
+from arena.data.manifest import (ManifestError, load_audio, pcm16_sha256, read_manifest,
+                                 write_manifest)
 
 
 def test_lexicon_and_templates_are_big_enough():
@@ -47,6 +52,69 @@ def test_same_seed_gives_byte_identical_corpus(tmp_path, monkeypatch):
     monkeypatch.setenv("ARENA_DATA", str(tmp_path / "c"))
     other = build_split(CorpusSpec("dev", seed=6, size=12), workers=1, progress=False)
     assert other.with_suffix(".sha256").read_text().split()[0] != sums[0]
+
+
+_BUILD = ("import sys; from arena.data.corpus import CorpusSpec, build_split; "
+          "m = build_split(CorpusSpec('dev', seed=5, size=4), workers=int(sys.argv[1]), "
+          "progress=False); print(m.with_suffix('.sha256').read_text().split()[0])")
+
+
+def _numpy_dispatch_features() -> str:
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return ",".join(f for f in __cpu_dispatch__ if __cpu_features__.get(f))
+
+
+def test_corpus_is_independent_of_cpu_dispatch(tmp_path):
+    """Another CPU must give the same manifest checksum (else every score cell is recomputed).
+
+    Different instruction sets are forced here by capping the SIMD level that oneDNN,
+    ATen and numpy dispatch to; before the exact resampler, oneDNN's SSE4.1 path alone
+    changed ~10k samples per utterance and so the checksum."""
+    sums = []
+    for name, workers, extra in [
+        ("native", 2, {}),
+        ("capped", 1, {"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41",
+                       "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
+                       "NPY_DISABLE_CPU_FEATURES": _numpy_dispatch_features()}),
+    ]:
+        env = dict(os.environ, ARENA_DATA=str(tmp_path / name), **extra)
+        run = subprocess.run([sys.executable, "-c", _BUILD, str(workers)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        sums.append(run.stdout.split()[-1])
+    assert sums[0] == sums[1]
+
+
+def test_resampler_is_torchaudios_filter_in_exact_arithmetic():
+    torch = pytest.importorskip("torch")
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    from arena.data.synth import _resample_kernel, finish_waveform, resample_exact
+
+    kernel, width, _, _ = _resample_kernel(22050, 16000)
+    ref, ref_width = _get_sinc_resample_kernel(22050, 16000, 50, dtype=torch.float64)
+    assert width == ref_width
+    assert np.abs(kernel / 2**24 - ref[:, 0].numpy()).max() < 1e-7  # 2**-25 rounding only
+    # a 1 kHz tone keeps its level and length; the 16 kHz output is int16 peaking at 0.9
+    tone = np.rint(20000 * np.sin(2 * np.pi * 1000 * np.arange(22050) / 22050)).astype(np.int64)
+    out = resample_exact(tone, 22050, 16000) / 2**24
+    assert len(out) == 16000 and abs(np.abs(out[100:-100]).max() / 20000 - 1) < 1e-3
+    wave = finish_waveform(tone / 32768.0, 22050)
+    assert wave.dtype == np.int16 and len(wave) == 16000 and np.abs(wave).max() == 29490
+
+
+def test_pcm_checksum_catches_changed_samples(tmp_path):
+    samples = (GOOD * 32768).astype(np.int16)
+    sf.write(tmp_path / "a.flac", samples, 16000, subtype="PCM_16")
+    row = {"id": "a", "audio": "a.flac", "text": "hi", "pcm_sha256": pcm16_sha256(samples)}
+    path = tmp_path / "m.jsonl"
+    write_manifest(path, [row])
+    assert np.array_equal(load_audio(read_manifest(path)[0], verify=True), samples / 32768.0)
+    samples[100] += 1
+    sf.write(tmp_path / "a.flac", samples, 16000, subtype="PCM_16")
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: samples of .*a\.flac do not match"):
+        load_audio(read_manifest(path)[0], verify=True)
 
 
 def test_test_seed_from_environment(monkeypatch):

@@ -11,6 +11,7 @@ import torch
 
 from arena.compress import ZOO_RECIPES, compress_, parse_recipe
 from arena.compress.masks import nm_mask, unstructured_mask
+from arena.asr.models import build_model
 from arena.compress.packed import (decode_nm, encode_nm, export_packed, load_packed, pack_bits,
                                    read_header, size_report, unpack_bits)
 
@@ -51,7 +52,7 @@ def test_loaded_matches_fake_quantized_twin(tiny, tmp_path, recipe):
     model = compress_(copy.deepcopy(tiny), parse_recipe(recipe))
     path = export_packed(model, tmp_path / "m.packed.safetensors", name=recipe,
                          extra={"test_wer": 0.5})
-    loaded = load_packed(path)
+    loaded = load_packed(path, build_model)
     assert type(loaded).__name__ == "ConformerCTC"
     assert not any("Compressed" in type(m).__name__ for m in loaded.modules())
     # weights reconstructed bit for bit
@@ -68,7 +69,7 @@ def test_loaded_matches_fake_quantized_twin(tiny, tmp_path, recipe):
     assert torch.equal(la, lb)
     assert (a - b).abs().max() < 1e-4
     assert model.transcribe(wave, lengths) == loaded.transcribe(wave, lengths)
-    rep = size_report(path)
+    rep = size_report(path, build_model)
     assert rep["parts_sum"] == rep["file_bytes"] == os.path.getsize(path)
     _, header = read_header(path)
     assert header["__metadata__"]["format"] == "arena-packed"
@@ -77,7 +78,7 @@ def test_loaded_matches_fake_quantized_twin(tiny, tmp_path, recipe):
 
 def test_bitmap_roundtrip_exact(tiny, tmp_path):
     model = compress_(copy.deepcopy(tiny), parse_recipe("int4+sp50"))
-    loaded = load_packed(export_packed(model, tmp_path / "x.safetensors"))
+    loaded = load_packed(export_packed(model, tmp_path / "x.safetensors"), build_model)
     lin = model.encoder.conformer_layers[0].ffn1.sequential[1]
     assert torch.equal((loaded.encoder.conformer_layers[0].ffn1.sequential[1].weight != 0),
                        lin.current_mask() & (lin.packed_parts()["codes"] != 0))
@@ -91,7 +92,7 @@ def test_trained_state_survives(tiny, tmp_path):
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
         model.head.bias.add_(0.123456789)
-    loaded = load_packed(export_packed(model, tmp_path / "x.safetensors"))
+    loaded = load_packed(export_packed(model, tmp_path / "x.safetensors"), build_model)
     lbn = loaded.encoder.conformer_layers[0].conv_module.sequential[3]
     assert torch.equal(lbn.running_mean, bn.running_mean)
     assert torch.equal(loaded.head.bias, model.head.bias)  # snapped to fp16 on export
@@ -106,7 +107,7 @@ def test_size_target_default_model(tmp_path):
     model = build_model()
     compress_(model, parse_recipe("int4+2:4"))
     path = export_packed(model, tmp_path / "int4+2-4.packed.safetensors")
-    rep = size_report(path)
+    rep = size_report(path, build_model)
     assert rep["parts_sum"] == rep["file_bytes"]
     assert rep["dense_fp32_bytes"] > 11_000_000
     assert rep["ratio_fp32"] <= 0.094, rep
@@ -115,7 +116,7 @@ def test_size_target_default_model(tmp_path):
 @pytest.fixture
 def tiny_zoo(tiny, tmp_path, monkeypatch):
     from arena.asr.models import save_checkpoint
-    from arena.models_io import zoo_path
+    from arena.zoo.registry import zoo_path
 
     monkeypatch.setenv("ARENA_ZOO", str(tmp_path / "zoo"))
     save_checkpoint(tiny, zoo_path("dense"))
@@ -135,7 +136,7 @@ def test_models_command_and_catalog(tiny_zoo):
     from click.testing import CliRunner
 
     from arena.cli import main
-    from arena.models_io import load_model
+    from arena.zoo.registry import load_model
 
     res = CliRunner().invoke(main, ["models", "--json"])
     assert res.exit_code == 0, res.output
@@ -151,8 +152,8 @@ def test_models_command_and_catalog(tiny_zoo):
 
 
 def test_bench_models_cpu(tiny_zoo):
-    from arena.compress.bench import bench_models
-    from arena.compress.gpu import is_2to4, to_fast_device
+    from arena.bench.models import bench_models
+    from arena.zoo.fast import is_2to4, to_fast_device
 
     rows = bench_models(["int8", "int4+2:4"], device="cpu", batch=1, seconds=0.5, repeats=2,
                         print_table=False)
@@ -168,8 +169,8 @@ def test_bench_models_cpu(tiny_zoo):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fast_device_cuda_matches(tiny_zoo):
-    from arena.compress.gpu import to_fast_device
-    from arena.models_io import load_model
+    from arena.zoo.fast import to_fast_device
+    from arena.zoo.registry import load_model
 
     ref = load_model("int4+2:4")
     fast = to_fast_device(load_model("int4+2:4"), "cuda")

@@ -3,9 +3,10 @@ alone vs inside a batch padded to 3x its length (issue: the padding-invariant mo
 import pytest
 import torch
 
-from arena.data.batching import AudioSet, pad_waves
+from arena.data.batching import AudioSet
+from arena.core.audio import pad_waves
 from arena.data.corpus import DEFAULT_SEED, ensure_split
-from arena.models_io import available, load_model
+from arena.zoo.registry import available, load_model
 
 ZOO = available()
 

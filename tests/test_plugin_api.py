@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from arena.plugins.api import AudioBatch, TargetModel
-from arena.plugins.budget import Budget, ThreatModel, quantize_int16
+from arena.plugins.api import TargetModel
+from arena.core.audio import AudioBatch
+from arena.core.budget import Budget, ThreatModel, quantize_int16
 
 
 def _clean(B=3, T=8000, seed=0):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from arena import paths
-from arena.plugins.api import AudioBatch
+from arena.core import paths
+from arena.core.audio import AudioBatch
+from arena.submissions.manifest import plugin_spec
 from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
 from arena.sandbox import bwrap
 
@@ -99,7 +100,7 @@ def batch(uid: str, T: int = 8000, seed: int = 0) -> AudioBatch:
 
 def assert_good_still_runs(root: Path, model_file) -> None:
     good = make_sub(root, f"good-{time.time_ns() % 10**8}", GOOD)
-    r = run_attack_job(good, model_file, [batch("g1"), batch("g2", 6000)], "snr30",
+    r = run_attack_job(plugin_spec(good), model_file, [batch("g1"), batch("g2", 6000)], "snr30",
                        limits=SandboxLimits(wall_s=60))
     assert r.status == "ok", r.error
     assert all(o.ok and o.adv.shape == (1, o.adv.shape[1]) for o in r.batches)
@@ -146,7 +147,7 @@ def test_hostile_batches_fail_alone_and_leak_nothing(tmp_path, model_file, monke
                                      str(data / "dev" / "secret.txt")]),
                  "env", "nan", "shape", "dtype", "fine"]
         batches = [batch(n, seed=i) for i, n in enumerate(names)]
-        r = run_attack_job(hostile, model_file, batches, "snr30", limits=SandboxLimits(wall_s=60))
+        r = run_attack_job(plugin_spec(hostile), model_file, batches, "snr30", limits=SandboxLimits(wall_s=60))
     finally:
         repo_secret.unlink()
     try:
@@ -194,7 +195,7 @@ def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
     t = threading.Thread(target=watch)
     t.start()
     try:
-        r = run_attack_job(bomb, model_file, [batch("a")], "snr30",
+        r = run_attack_job(plugin_spec(bomb), model_file, [batch("a")], "snr30",
                            limits=SandboxLimits(wall_s=6, max_procs=24))
     finally:
         done.set()
@@ -208,7 +209,7 @@ def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
 
 def test_memory_bomb_fails_its_batch_only(tmp_path, model_file):
     sub = make_sub(tmp_path, "mem", HOSTILE)
-    r = run_attack_job(sub, model_file, [batch("memory"), batch("fine")], "snr30",
+    r = run_attack_job(plugin_spec(sub), model_file, [batch("memory"), batch("fine")], "snr30",
                        limits=SandboxLimits(wall_s=60, memory_mb=4096))
     assert not r.batches[0].ok and "MemoryError" in r.batches[0].error
     assert r.batches[1].ok
@@ -217,7 +218,7 @@ def test_memory_bomb_fails_its_batch_only(tmp_path, model_file):
 def test_infinite_loop_times_out_and_keeps_finished_batches(tmp_path, model_file):
     sub = make_sub(tmp_path, "loop", HOSTILE)
     t = time.time()
-    r = run_attack_job(sub, model_file, [batch("fine"), batch("loop"), batch("fine")], "snr30",
+    r = run_attack_job(plugin_spec(sub), model_file, [batch("fine"), batch("loop"), batch("fine")], "snr30",
                        limits=SandboxLimits(wall_s=6))
     assert time.time() - t < 20
     assert r.status == "timeout"
@@ -238,7 +239,7 @@ def test_detached_children_do_not_outlive_the_job(tmp_path, model_file):
         time.sleep(1.0)
         g = model""")
     sub = make_sub(tmp_path, "detach", code)
-    r = run_attack_job(sub, model_file, [batch("a")], "snr30", limits=SandboxLimits(wall_s=60))
+    r = run_attack_job(plugin_spec(sub), model_file, [batch("a")], "snr30", limits=SandboxLimits(wall_s=60))
     assert r.status == "ok", r.error
     time.sleep(0.3)
     for pid in os.listdir("/proc"):
@@ -258,7 +259,7 @@ def test_file_bomb_is_stopped_by_the_file_size_limit(tmp_path, model_file):
         g = model""")
     sub = make_sub(tmp_path, "fbomb", code)
     work = tmp_path / "work"
-    r = run_attack_job(sub, model_file, [batch("a")], "snr30", workdir=work,
+    r = run_attack_job(plugin_spec(sub), model_file, [batch("a")], "snr30", workdir=work,
                        limits=SandboxLimits(wall_s=60, max_file_mb=16))
     assert r.status == "error" and not r.batches[0].ok
     assert "SIGXFSZ" in r.error or "File too large" in r.batches[0].error
@@ -274,17 +275,17 @@ def test_defense_job_and_wrong_transcripts(tmp_path, model_file):
                    "defense")
     b = [AudioBatch(["x0", "x1"], torch.rand(2, 8000) - 0.5, torch.tensor([8000, 4000])),
          AudioBatch(["x2"], torch.rand(1, 4000) - 0.5, torch.tensor([4000]))]
-    r = run_defense_job(bad, model_file, b, limits=SandboxLimits(wall_s=60))
+    r = run_defense_job(plugin_spec(bad), model_file, b, limits=SandboxLimits(wall_s=60))
     assert "3 transcripts for 2 utterances" in r.batches[0].error
     assert "str" in r.batches[1].error
-    r = run_defense_job(good, model_file, b, limits=SandboxLimits(wall_s=60))
+    r = run_defense_job(plugin_spec(good), model_file, b, limits=SandboxLimits(wall_s=60))
     assert r.status == "ok" and [len(o.transcripts) for o in r.batches] == [2, 1]
     assert r.forward_calls == 2
 
 
 def test_attack_submission_cannot_run_as_defense(tmp_path, model_file):
     sub = make_sub(tmp_path, "atk", GOOD)
-    r = run_defense_job(sub, model_file, [batch("a")])
+    r = run_defense_job(plugin_spec(sub), model_file, [batch("a")])
     assert r.status == "error" and "not a defense" in r.error
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arena import paths
+from arena.core import paths
 
 TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
@@ -64,7 +64,7 @@ def world(tmp_path_factory):
         int8 = compress_(copy.deepcopy(dense), parse_recipe("int8"))
         export_packed(int8, Path(env["ARENA_ZOO"]) / "int8.packed.safetensors", name="int8", recipe="int8")
     for name in ("noop", "fgsm", "noise", "none", "lowpass"):
-        shutil.copytree(paths.ROOT / "baselines" / name, Path(env["ARENA_BASELINES"]) / name)
+        shutil.copytree(paths.PACKAGE / "baselines" / name, Path(env["ARENA_BASELINES"]) / name)
     Path(env["ARENA_SUBMISSIONS"]).mkdir()
     env["MANIFEST"] = str(manifest)
     return env
@@ -85,7 +85,7 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     (subs / "broken").mkdir()
     (subs / "broken" / "submission.toml").write_text('name = "broken"\ntrack = "sideways"\n')
     from arena.leaderboard import build as lb_build
-    from arena.score.entries import discover
+    from arena.submissions.entries import discover
     from arena.score.profiles import get_profile
     from arena.score.runner import ScoreOptions, load_subset, run_score, target_specs
     from arena.score.store import ResultsStore

@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pytest
 
 from arena.leaderboard.build import build
-from arena.score import formulas
+from arena.leaderboard import formulas
 from arena.score.store import ResultsStore
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena import paths
+from arena.core import paths
 from arena.cli import main
-from arena.plugins.manifest import SubmissionError, content_hash, load_manifest, parse_manifest
-from arena.plugins.submit import submit, unpack
-from arena.plugins.validate import validate
+from arena.submissions.manifest import SubmissionError, content_hash, load_manifest, parse_manifest
+from arena.submissions.submit import submit, unpack
+from arena.submissions.validate import validate
 
 EXAMPLES = paths.ROOT / "examples"
 GOOD = {"name": "my-pgd", "track": "attack", "entry": "attack:MyPGD", "authors": ["Ada"],
@@ -198,7 +198,7 @@ def test_unsafe_zip_archives_are_refused(tmp_path, arena_dirs):
 
 
 def test_zip_bomb_with_lying_sizes_is_counted_while_extracting(tmp_path):
-    from arena.plugins import submit as submit_mod
+    from arena.submissions import submit as submit_mod
 
     bomb = tmp_path / "liar.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:

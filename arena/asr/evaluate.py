@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from arena.asr.metrics import cer, wer
-from arena.data.batching import AudioSet, length_batches, pad_waves
+from arena.core.audio import pad_waves
+from arena.data.batching import AudioSet, length_batches
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jiwer
 
-from arena.asr.text import normalize_text
+from arena.core.text import normalize_text
 
 
 def _pairs(references, hypotheses):

@@ -7,17 +7,17 @@ nn.Linear or nn.Conv1d, so the compression core can swap modules in place.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchaudio
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from arena.asr.text import Tokenizer
-
-SAMPLE_RATE = 16_000
+from arena.core.audio import SAMPLE_RATE, length_mask
 
 
 class ModelUnavailable(RuntimeError):
@@ -44,10 +44,6 @@ class ASRModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class LogMelFrontend(nn.Module):
@@ -83,7 +79,7 @@ class LogMelFrontend(nn.Module):
             padded = self.reflect_pad(wave.float(), lengths)
             feats = torch.log(self.mel(padded) + 1e-6)  # (B, F, T)
         frames = lengths // self.hop + 1
-        mask = _length_mask(frames, feats.shape[-1])[:, None, :].to(feats.dtype)
+        mask = length_mask(frames, feats.shape[-1])[:, None, :].to(feats.dtype)
         count = mask.sum(-1, keepdim=True).clamp_min(1.0)
         mean = (feats * mask).sum(-1, keepdim=True) / count
         var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
@@ -176,12 +172,12 @@ class ConformerCTC(ASRModel):
         for conv, act in ((self.subsample[0], self.subsample[1]), (self.subsample[2], self.subsample[3])):
             x = act(conv(x))
             frames = (frames - 1) // 2 + 1
-            x = x * _length_mask(frames, x.shape[-1])[:, None, :].to(x.dtype)
+            x = x * length_mask(frames, x.shape[-1])[:, None, :].to(x.dtype)
         frames = frames.clamp(min=1, max=x.shape[-1])
         # the encoder's layers are run here rather than through torchaudio's Conformer.forward,
         # whose padding mask takes max(lengths).item(): a device->host sync on every forward
         # (every attack step). The static frame count gives the same mask without one.
-        pad = ~_length_mask(frames, x.shape[-1])  # (B, T') True = padding
+        pad = ~length_mask(frames, x.shape[-1])  # (B, T') True = padding
         x = x.permute(2, 0, 1)  # (T', B, d), time first as torchaudio's layers expect
         keep = (~pad).T[:, :, None].to(x.dtype)  # (T', B, 1)
         for layer in self.encoder.conformer_layers:
@@ -248,7 +244,7 @@ class Wav2Vec2CTC(ASRModel):
 
     def forward(self, wave, lengths):
         if self.config["normalize_waveform"]:
-            mask = _length_mask(lengths, wave.shape[1]).to(wave.dtype)
+            mask = length_mask(lengths, wave.shape[1]).to(wave.dtype)
             n = lengths.clamp_min(1)[:, None].to(wave.dtype)
             mean = (wave * mask).sum(1, keepdim=True) / n
             std = torch.sqrt((((wave - mean) * mask) ** 2).sum(1, keepdim=True) / n + 1e-7)
@@ -302,7 +298,6 @@ def build_model(arch: str = ConformerCTC.arch, **config) -> ASRModel:
 
 def save_checkpoint(model: ASRModel, path, extra: dict | None = None) -> None:
     """Weights as safetensors, with the architecture and config in the header metadata."""
-    from safetensors.torch import save_file
 
     meta = {"arch": model.arch, "config": json.dumps(model.config, sort_keys=True)}
     for k, v in (extra or {}).items():
@@ -316,7 +311,6 @@ def save_checkpoint(model: ASRModel, path, extra: dict | None = None) -> None:
 
 
 def read_metadata(path) -> dict:
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
@@ -324,7 +318,6 @@ def read_metadata(path) -> dict:
 
 def load_checkpoint(path, device="cpu") -> ASRModel:
     """A model from a dense safetensors checkpoint, in eval mode."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():

@@ -1,27 +1,21 @@
-"""Glue between the corpus, the models and the CLI: train the default model, evaluate by name."""
+"""Training the default model on the built-in corpus (checkpoints, resume, warm start)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from arena import paths
-
-
-def default_device(device: str | None = None) -> str:
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from arena.asr.models import build_model, read_metadata, save_checkpoint
+from arena.asr.train import TrainConfig, train
+from arena.core import paths
+from arena.core.device import default_device
+from arena.data.batching import AudioSet
+from arena.data.corpus import DEFAULT_SEED, ensure_split, seed_tag
 
 
 def train_default(out_dir=None, steps=3000, batch_seconds=60.0, lr=1.5e-3, device=None,
                   train_size=None, model_config=None, arch="conformer-ctc", resume=True,
                   export=None, progress=True, init=None, warmup=300):
-    from arena.asr.models import build_model, save_checkpoint
-    from arena.asr.train import TrainConfig, train
-    from arena.data.batching import AudioSet
-    from arena.data.corpus import DEFAULT_SEED, ensure_split, seed_tag
 
     device = default_device(device)
     out_dir = Path(out_dir or paths.runs_dir() / "dense")
@@ -47,7 +41,6 @@ def train_default(out_dir=None, steps=3000, batch_seconds=60.0, lr=1.5e-3, devic
 
 
 def _recorded_steps(path) -> int:
-    from arena.asr.models import read_metadata
 
     if str(path).endswith(".safetensors"):
         return int(read_metadata(path).get("train_steps", 0))
@@ -70,47 +63,3 @@ def warm_start(model, path) -> None:
             state[k] = v.repeat(own[k].shape[0] // v.shape[0], *([1] * (v.ndim - 1)))
     model.load_state_dict(state)
     print(f"initialised from {path}")
-
-
-def evaluate_named(model_name: str, split: str, limit=None, device=None, progress=True) -> dict:
-    from arena.asr.evaluate import evaluate
-    from arena.data.batching import AudioSet
-    from arena.data.corpus import ensure_split
-    from arena.models_io import load_model
-
-    device = default_device(device)
-    manifest = ensure_split(split, progress=progress)
-    data = AudioSet.from_manifest(manifest, limit=limit)
-    model = load_model(model_name, device=device)
-    res = evaluate(model, data, device=device)
-    return {"model": model_name, "split": split, "wer": round(res.wer, 5), "cer": round(res.cer, 5),
-            "n_utterances": res.n_utterances, "audio_seconds": round(res.audio_seconds, 2),
-            "seconds": round(res.seconds, 2), "device": device}
-
-
-def publish_dense(checkpoint, device=None, progress=True) -> dict:
-    """Copy a trained checkpoint into the zoo as `dense`, evaluate it on dev and test and
-    write its model card (arena/zoo/cards/dense.json)."""
-    import shutil
-
-    from arena.asr.models import read_metadata
-    from arena.compress.zoo import write_card
-    from arena.data.corpus import DEFAULT_SEED, seed_tag
-    from arena.models_io import zoo_path
-
-    dest = zoo_path("dense")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, dest)
-    meta = read_metadata(dest)
-    card = dict(name="dense", recipe="dense", arch=meta.get("arch"),
-                config=json.loads(meta.get("config", "{}")),
-                parameters=int(meta.get("parameters", 0)), train_steps=int(meta.get("train_steps", 0)),
-                train_utterances=int(meta.get("train_utterances", 0)),
-                data_seed_tag=seed_tag(DEFAULT_SEED), bits=None, sparsity=None, fine_tuned=None,
-                bytes=dest.stat().st_size, size_ratio=1.0, rel_wer_regression=0.0)
-    for split in ("dev", "test"):
-        res = evaluate_named("dense", split, device=device, progress=progress)
-        card[f"{split}_wer"], card[f"{split}_cer"] = res["wer"], res["cer"]
-        card[f"{split}_utterances"] = res["n_utterances"]
-    write_card("dense", card)
-    return card

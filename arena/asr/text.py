@@ -1,40 +1,11 @@
-"""Text normal form, the character vocabulary and greedy CTC decoding."""
+"""The character vocabulary and greedy CTC decoding."""
 from __future__ import annotations
-
-import re
-import unicodedata
 
 import torch
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
+from arena.core.text import ALPHABET, SPACES, normalize_text
+
 BLANK = 0
-
-
-class TextError(ValueError):
-    """A transcript that cannot be brought to the normal form (empty or no letters)."""
-
-
-_DROP = re.compile(r"[^a-z' ]+")
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_text(text: str, strict: bool = False) -> str:
-    """Lower-case letters, apostrophes and single spaces (DESIGN.md's transcript form).
-
-    Accents are folded (café -> cafe), hyphens become spaces, other symbols are dropped.
-    With strict=True an empty result raises TextError instead of returning "".
-    """
-    # punctuation (dashes, slashes, quotes other than the apostrophe) separates words
-    spaced = "".join(" " if unicodedata.category(c).startswith(("P", "Z")) and c not in "'\u2019"
-                     else c for c in text)
-    folded = unicodedata.normalize("NFKD", spaced.replace("\u2019", "'"))
-    folded = folded.encode("ascii", "ignore").decode()
-    folded = folded.lower()
-    folded = _DROP.sub(" ", _SPACES.sub(" ", folded))
-    out = _SPACES.sub(" ", folded).strip()
-    if strict and not any(c.isalpha() for c in out):
-        raise TextError(f"transcript {text!r} has no letters after normalisation")
-    return out
 
 
 class Tokenizer:
@@ -73,5 +44,5 @@ class Tokenizer:
             keep = torch.ones_like(seq, dtype=torch.bool)
             keep[1:] = seq[1:] != seq[:-1]
             chars = [int(i) for i in seq[keep] if int(i) != BLANK]
-            out.append(_SPACES.sub(" ", self.decode_ids(chars)).strip())
+            out.append(SPACES.sub(" ", self.decode_ids(chars)).strip())
         return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from arena.asr.models import ASRModel, save_checkpoint
-from arena.data.batching import AudioSet, length_batches, pad_waves
+from arena.asr.evaluate import evaluate
+from arena.asr.models import ASRModel
+from arena.core.audio import pad_waves
+from arena.data.batching import AudioSet, length_batches
 
 
 @dataclass
@@ -174,9 +176,7 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
 
 def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
                progress, log, teacher=None):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from arena.asr.evaluate import evaluate
 
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn()]

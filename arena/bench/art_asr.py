@@ -32,8 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from art.estimators.pytorch import PyTorchEstimator
-from art.estimators.speech_recognition.speech_recognizer import (PytorchSpeechRecognizerMixin,
-                                                                 SpeechRecognizerMixin)
+from art.estimators.speech_recognition.speech_recognizer import (
+    PytorchSpeechRecognizerMixin,
+    SpeechRecognizerMixin,
+)
 
 __all__ = ["ArenaSpeechRecognizer"]
 

@@ -50,6 +50,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
+
+from arena.asr.metrics import wer
+from arena.asr.models import build_model, save_checkpoint
+from arena.core import paths
+from arena.core.audio import AudioBatch, pad_waves
+from arena.core.budget import Budget, ThreatModel
+from arena.data.batching import AudioSet, length_batches
+from arena.data.corpus import ensure_split
+from arena.sandbox import SandboxLimits, bwrap, run_attack_job
+from arena.submissions.manifest import plugin_spec
+from arena.zoo.registry import DENSE, available, load_model, resolve
 
 __all__ = ["BenchData", "bench_attacks", "load_dev", "print_attacks", "device_name"]
 
@@ -75,8 +88,6 @@ class BenchData:
 
 def load_dev(n: int, progress: bool = False) -> BenchData:
     """The first n utterances of the dev split (built first if missing)."""
-    from arena.data.batching import AudioSet
-    from arena.data.corpus import ensure_split
 
     data = AudioSet.from_manifest(ensure_split("dev", progress=progress), limit=n)
     return BenchData(list(data.ids), list(data.texts), [data.wave(i) for i in range(len(data))])
@@ -100,8 +111,6 @@ def device_name(device) -> str:
 
 def _resolve_model(model, workdir: Path, seed: int, config: dict | None):
     """(model file, label, note). 'dense' falls back to a random model when the zoo has none."""
-    from arena.asr.models import build_model, save_checkpoint
-    from arena.models_io import DENSE, available, resolve
 
     note = None
     if model == DENSE and DENSE not in available():
@@ -120,7 +129,6 @@ def _resolve_model(model, workdir: Path, seed: int, config: dict | None):
 def _pgd_submission(workdir: Path, steps: int, rel: float) -> Path:
     """A copy of baselines/pgd whose entry runs the baseline's PGD class with `steps` steps
     and step size `rel` (the baseline ties both to its effort profile)."""
-    from arena import paths
 
     dst = workdir / "pgd-bench"
     shutil.copytree(paths.baselines_dir() / "pgd", dst,
@@ -141,8 +149,6 @@ def _pgd_submission(workdir: Path, steps: int, rel: float) -> Path:
 def _batches(data: BenchData, batch_size: int, with_transcripts: bool = True):
     """[(indices, AudioBatch)]: length-sorted, `batch_size` utterances each (the scorer's
     length_batches with no padded-seconds cap)."""
-    from arena.data.batching import length_batches, pad_waves
-    from arena.plugins.api import AudioBatch
 
     out = []
     for idx in length_batches(data.durations, max_seconds=float("inf"), max_batch=batch_size):
@@ -153,7 +159,6 @@ def _batches(data: BenchData, batch_size: int, with_transcripts: bool = True):
 
 
 def _transcribe_all(net, data_waves: list, device, batch_size: int = 16) -> list[str]:
-    from arena.data.batching import length_batches, pad_waves
 
     durations = np.array([len(w) for w in data_waves], dtype=float)
     hyps: list[str | None] = [None] * len(data_waves)
@@ -168,7 +173,6 @@ def _transcribe_all(net, data_waves: list, device, batch_size: int = 16) -> list
 
 def _adv_wer(net, data: BenchData, plan, advs, budget, device) -> float:
     """WER after the harness's projection (Budget.project) of each batch's output."""
-    from arena.asr.metrics import wer
 
     waves: list = [None] * len(data)
     for (idx, batch), adv in zip(plan, advs):
@@ -185,12 +189,11 @@ def _sync(device) -> None:
 
 def _run_ours(submission, model_path, data, budget, batch_size, device, seed, limits, net, audio_s,
               clean_wer):
-    from arena.sandbox import run_attack_job
 
     n = len(data)
     plan = _batches(data, batch_size)
     t0 = time.perf_counter()
-    result = run_attack_job(submission, model_path, [b for _, b in plan], budget.id, device=device,
+    result = run_attack_job(plugin_spec(submission), model_path, [b for _, b in plan], budget.id, device=device,
                             limits=limits, trusted=False, seed=seed, effort="quick")
     seconds = time.perf_counter() - t0
     if result.status != "ok":
@@ -210,7 +213,6 @@ def _run_ours(submission, model_path, data, budget, batch_size, device, seed, li
 def _run_art(est, data, budget, batch_size, steps, rel, device, net, audio_s, clean_wer):
     from art.attacks.evasion import ProjectedGradientDescent
 
-    from arena.plugins.budget import ThreatModel
 
     plan = _batches(data, batch_size)
     inputs = []  # numpy batches, made before the clock starts (a data loader's job)
@@ -246,9 +248,6 @@ def bench_attacks(device=None, n: int | None = None, steps: int | None = None, b
                   model="dense", batch_sizes=None, art: bool = True, data: BenchData | None = None,
                   model_config: dict | None = None, seed: int = 0, limits=None, log=None) -> dict:
     """Run the comparison (module docstring) and return one dict (see `--json`)."""
-    from arena.models_io import load_model
-    from arena.plugins.budget import Budget
-    from arena.sandbox import SandboxLimits, bwrap
 
     log = log or (lambda *_: None)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -369,8 +368,6 @@ def bench_attacks(device=None, n: int | None = None, steps: int | None = None, b
 
 
 def print_attacks(r: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 132)
     t = Table(title=f"PGD-{r['steps']} {r['budget']} on {r['n']} utterances ({r['audio_seconds']:.1f} s), "

@@ -19,6 +19,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from arena.asr.models import build_model
+from arena.zoo.registry import DENSE, available, load_model
 
 __all__ = ["bench_mfu", "peak_bf16_flops", "print_mfu"]
 
@@ -39,8 +44,6 @@ def _model(kind: str, default_model, seed: int, config: dict | None):
     """(model, label): 'default' is the dense zoo model (random weights when the zoo has none,
     or `default_model` when given: a name or file); 'wav2vec2-base' is torchaudio's wav2vec2
     base architecture with random weights and our CTC head."""
-    from arena.asr.models import build_model
-    from arena.models_io import DENSE, available, load_model
 
     torch.manual_seed(seed)
     if kind == "wav2vec2-base":
@@ -131,8 +134,6 @@ def _bench_mfu(device, models, batch, seconds, steps, default_model, bf16, seed,
 
 
 def print_mfu(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title="attack loop (forward + CTC + backward to the input) FLOP utilisation")
     for c in ("model", "params M", "dtype", "batch x s", "GFLOP/step", "ms/step", "TFLOP/s", "of bf16 peak"):

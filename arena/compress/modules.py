@@ -34,8 +34,7 @@ from torch import nn
 from arena.compress.algorithms import GRAD_MODES, PruningAlgorithm, build_algorithm, masked_weight
 from arena.compress.masks import global_magnitude_masks, nm_applicable
 from arena.compress.quant import INT2_MODES, QuantSpec, dequantize, fake_quant, quantize, ste
-from arena.compress.schedules import (Gradual, OneShot, Schedule, nm_at, schedule_from_dict,
-                                      schedule_to_dict)
+from arena.compress.schedules import Gradual, OneShot, Schedule, nm_at, schedule_from_dict, schedule_to_dict
 
 __all__ = ["CompressionConfig", "CompressedLinear", "CompressedConv1d", "compress_",
            "compressed_modules", "update_masks", "compression_hooks", "snap_leftovers_",
@@ -274,12 +273,9 @@ def _recomputed_buffers(model: nn.Module) -> set[str]:
     arch, config = getattr(model, "arch", None), getattr(model, "config", None)
     if arch is None or config is None:
         return set()
-    from arena.asr.models import ARCHITECTURES, build_model
-
-    if arch not in ARCHITECTURES:
-        return set()
+    # the model's own class rebuilds it from its config (compress knows no architecture)
     with torch.random.fork_rng(devices=[]):
-        fresh = build_model(arch, **config)
+        fresh = type(model)(**config)
     fresh_buf = dict(fresh.named_buffers())
     same = set()
     for name, b in model.named_buffers():

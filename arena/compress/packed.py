@@ -34,17 +34,31 @@ import math
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from arena.compress.masks import from_group_view, group_view
-from arena.compress.modules import (LEFTOVER_DTYPES, CompressionConfig, compressed_modules,
-                                    dense_weight_from_parts, leftover_names, snap_leftovers_)
+from arena.compress.modules import (
+    LEFTOVER_DTYPES,
+    CompressionConfig,
+    compressed_modules,
+    dense_weight_from_parts,
+    leftover_names,
+    snap_leftovers_,
+)
 from arena.compress.quant import QuantSpec
+from arena.compress.recipes import recipe_name
+
+# makes an untrained model from its architecture name and config (the zoo passes the ASR
+# package's build_model): the packed format itself knows no architecture
+ModelBuilder = Callable[..., nn.Module]
 
 __all__ = ["export_packed", "load_packed", "size_report", "pack_bits", "unpack_bits",
            "encode_nm", "decode_nm", "FORMAT", "read_header"]
@@ -164,9 +178,6 @@ def export_packed(model: nn.Module, path, name: str | None = None, recipe: str |
     config's leftover dtype, so the model in memory stays numerically identical to the file.
     `extra` adds metadata fields (strings, or JSON-encoded values), e.g. test_wer.
     """
-    from safetensors.torch import save_file
-
-    from arena.compress.recipes import recipe_name
 
     cfg: CompressionConfig = getattr(model, "compression_config", None) or CompressionConfig()
     recipe = recipe or recipe_name(cfg)
@@ -296,14 +307,9 @@ def _unpack_layers(meta: dict, tensors: dict, shapes: dict[str, tuple]) -> dict[
     return out
 
 
-def load_packed(path, device="cpu"):
-    """The deployed model of a packed file: a plain ASRModel with dense fp32 weights
-    reconstructed from the codes, in eval mode on `device`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from arena.asr.models import build_model
-
+def load_packed(path, build: ModelBuilder, device="cpu"):
+    """The deployed model of a packed file: the model `build(arch, **config)` makes, with
+    dense fp32 weights reconstructed from the codes, in eval mode on `device`."""
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
@@ -311,7 +317,7 @@ def load_packed(path, device="cpu"):
         raise ValueError(f"{path} is not an {FORMAT} file")
     tensors = load_file(str(path), device="cpu")
     with torch.random.fork_rng(devices=[]):
-        model = build_model(meta["arch"], **json.loads(meta["config"]))
+        model = build(meta["arch"], **json.loads(meta["config"]))
     sd = model.state_dict()
     shapes = {n: tuple(sd[f"{n}.weight"].shape) for n, *_ in json.loads(meta["layers"])}
     new = {f"{n}.weight": w for n, w in _unpack_layers(meta, tensors, shapes).items()}
@@ -336,24 +342,21 @@ def load_packed(path, device="cpu"):
 _DENSE_SIZES: dict = {}
 
 
-def _dense_sizes(arch: str, config_json: str) -> tuple[int, int]:
-    """Bytes on disk of the dense fp32 and dense bf16 safetensors files of this model."""
+def dense_sizes(arch: str, config_json: str, build: ModelBuilder) -> tuple[int, int]:
+    """Bytes on disk of the dense fp32 and dense bf16 safetensors files of this model (with
+    the arch and config header a dense checkpoint carries)."""
     key = (arch, config_json)
     if key not in _DENSE_SIZES:
-        from safetensors.torch import save_file
-
-        from arena.asr.models import build_model, save_checkpoint
-
         with torch.random.fork_rng(devices=[]):
-            model = build_model(arch, **json.loads(config_json))
+            model = build(arch, **json.loads(config_json))
+        header = {"arch": arch, "config": json.dumps(model.config, sort_keys=True)}
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         with tempfile.TemporaryDirectory() as d:
             p32 = Path(d) / "dense.safetensors"
-            save_checkpoint(model, p32)
+            save_file(state, str(p32), metadata=header)
             p16 = Path(d) / "dense-bf16.safetensors"
-            state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
-                     for k, v in model.state_dict().items()}
-            save_file(state, str(p16), metadata={"arch": model.arch,
-                                                 "config": json.dumps(model.config, sort_keys=True)})
+            save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+                       for k, v in state.items()}, str(p16), metadata=header)
             _DENSE_SIZES[key] = (os.path.getsize(p32), os.path.getsize(p16))
     return _DENSE_SIZES[key]
 
@@ -362,7 +365,7 @@ CATEGORIES = {"codes": "quantized_payload", "values": "quantized_payload", "inde
               "scales": "scales", "leftovers": "float_leftovers"}
 
 
-def size_report(path) -> dict:
+def size_report(path, build: ModelBuilder) -> dict:
     """Bytes on disk of a packed file by part, and ratios to the dense fp32 / bf16 files of
     the same model (written to temp files and measured). parts sum to `file_bytes`."""
     path = Path(path)
@@ -376,7 +379,7 @@ def size_report(path) -> dict:
             continue
         a, b = info["data_offsets"]
         parts[CATEGORIES.get(k, "float_leftovers")] += b - a
-    fp32, bf16 = _dense_sizes(meta.get("arch", ""), meta.get("config", "{}"))
+    fp32, bf16 = dense_sizes(meta.get("arch", ""), meta.get("config", "{}"), build)
     return {"path": str(path), "name": meta.get("name"), "recipe": meta.get("recipe"),
             "file_bytes": file_bytes, "parts": parts, "parts_sum": sum(parts.values()),
             "dense_fp32_bytes": fp32, "dense_bf16_bytes": bf16,

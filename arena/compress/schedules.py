@@ -8,7 +8,7 @@ schedule walks 4:4 -> 3:4 -> 2:4 (and a one-shot one jumps dense -> N:M at a ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 __all__ = ["OneShot", "Gradual", "Schedule", "nm_at", "SCHEDULES", "schedule_from_dict"]
 
@@ -89,7 +89,6 @@ def schedule_from_dict(d: dict | None) -> Schedule:
 
 
 def schedule_to_dict(s: Schedule) -> dict:
-    from dataclasses import asdict
 
     return {"kind": "gradual" if isinstance(s, Gradual) else "one_shot", **asdict(s)}
 

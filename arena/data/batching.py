@@ -5,8 +5,9 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+from rich.progress import track
 
+from arena.core.audio import SAMPLE_RATE
 from arena.data.manifest import Utterance, load_audio, read_manifest
 
 
@@ -23,7 +24,7 @@ class AudioSet:
 
     @property
     def durations(self) -> np.ndarray:
-        return np.array([len(a) / 16_000 for a in self.audio])
+        return np.array([len(a) / SAMPLE_RATE for a in self.audio])
 
     def subset(self, idx) -> "AudioSet":
         idx = list(idx)
@@ -35,7 +36,6 @@ class AudioSet:
 
     @classmethod
     def from_utterances(cls, utts: list[Utterance], progress: bool = False) -> "AudioSet":
-        from rich.progress import track
 
         audio = []
         for u in track(utts, description="loading audio", disable=not progress):
@@ -68,13 +68,3 @@ def length_batches(durations, max_seconds: float, max_batch: int = 512,
     if shuffle:
         random.Random(seed).shuffle(batches)
     return batches
-
-
-def pad_waves(waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded (B, T) float32 batch and the lengths (B,) in samples."""
-    tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
-    lengths = torch.tensor([len(t) for t in tensors], dtype=torch.long)
-    out = torch.zeros(len(tensors), int(lengths.max()) if tensors else 0)
-    for row, t in enumerate(tensors):
-        out[row, : len(t)] = t
-    return out, lengths

@@ -3,7 +3,9 @@
 Determinism: the seed fixes the sentences and who says them at which rate and pitch, and
 each utterance is synthesised in a fork of a freshly initialised synthesizer (espeak-ng
 carries state from one utterance to the next), so its audio depends only on its text and
-voice setting: the same seed gives byte-identical FLAC files and manifest.
+voice setting: the same seed gives the same samples and a byte-identical manifest, on
+any x86-64 CPU (the post-processing is exact integer arithmetic, see arena.data.synth, and
+the manifest records a checksum of the samples, not of the encoder's bytes).
 
 Held-out speakers and sentences: a voice (accent + variant) and a sentence each belong to
 one split by a fixed hash of their name/text, independent of the seed. So the voices of
@@ -19,9 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from arena import paths
+from arena.core import paths
 from arena.data import lexicon
-from arena.data.manifest import ManifestError, read_manifest, sha256_file, write_manifest
+from arena.data.manifest import ManifestError, pcm16_sha256, read_manifest, write_manifest
 
 DEFAULT_SEED = 2026
 SPLITS = ("train", "dev", "test")
@@ -132,9 +134,6 @@ _WORKER_SYNTH = None
 
 def _init_worker():
     global _WORKER_SYNTH
-    import torch
-
-    torch.set_num_threads(1)
     from arena.data.synth_server import SynthClient
 
     _WORKER_SYNTH = SynthClient()
@@ -150,12 +149,14 @@ def _render_chunk(args):
     for row in rows:
         setting = VoiceSetting(row["accent"], row["variant"], row["rate"], row["pitch"])
         pcm = _WORKER_SYNTH.synthesize_raw(row["text"], setting)
-        wave = finish_waveform(pcm, _WORKER_SYNTH.native_rate)
+        wave = finish_waveform(pcm, _WORKER_SYNTH.native_rate)  # int16, exact
         path = Path(audio_dir) / f"{row['id']}.flac"
         sf.write(str(path), wave, 16_000, format="FLAC", subtype="PCM_16")
+        # the checksum covers the samples, not the file: FLAC bytes carry the libFLAC
+        # version string, so another soundfile wheel would change every file hash
         out.append(dict(id=row["id"], audio=f"{rel}/{row['id']}.flac", text=row["text"],
                         duration=round(len(wave) / 16_000, 4), voice=setting.voice,
-                        rate=row["rate"], pitch=row["pitch"], sha256=sha256_file(path)))
+                        rate=row["rate"], pitch=row["pitch"], pcm_sha256=pcm16_sha256(wave)))
     return out
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torchaudio.datasets import LIBRISPEECH
+
+from arena.core.text import TextError, normalize_text
 from arena.data.manifest import ManifestError, Utterance, load_audio
-from arena.asr.text import TextError, normalize_text
 
 
 def librispeech_utterances(root, subset: str = "test-clean",
                            folder_in_archive: str = "LibriSpeech") -> list[Utterance]:
     """Utterances of one LibriSpeech subset found under root/folder_in_archive/subset."""
-    from torchaudio.datasets import LIBRISPEECH
 
     base = Path(root) / folder_in_archive / subset
     if not base.is_dir():

@@ -2,7 +2,9 @@
 
 Audio paths are relative to the manifest's folder. A split may carry a checksum file
 (`NAME.sha256`) holding the SHA-256 of the manifest bytes; each line may carry the SHA-256
-of its audio file. The loader verifies both when present.
+of its audio file (`sha256`) and/or of its decoded 16-bit samples (`pcm_sha256`, see
+`pcm16_sha256`; the built-in corpus uses this one, which does not change with the FLAC
+encoder's version). The loader verifies what is present.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from arena.asr.text import TextError, normalize_text
+from arena.core.hashing import sha256_file
+from arena.core.text import TextError, normalize_text
 
 SAMPLE_RATE = 16_000
 REQUIRED = ("id", "audio", "text")
@@ -32,15 +35,20 @@ class Utterance:
     duration: float
     voice: str = ""
     sha256: str = ""
+    pcm_sha256: str = ""
     source: str = field(default="", compare=False)  # "manifest:line" for error messages
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def pcm16_sha256(samples: np.ndarray) -> str:
+    """SHA-256 of a waveform as 16-bit little-endian samples.
+
+    Float input in [-1, 1) is taken as value * 32768 (what soundfile decodes 16-bit audio
+    to), so the hash of a decoded file equals the hash of the int16 samples written.
+    """
+    samples = np.asarray(samples)
+    if samples.dtype.kind == "f":
+        samples = np.clip(np.rint(samples.astype(np.float64) * 32768.0), -32768, 32767)
+    return hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
 
 
 def checksum_path(manifest: Path) -> Path:
@@ -86,7 +94,7 @@ def read_manifest(path, verify: bool = True) -> list[Utterance]:
         out.append(Utterance(id=uid, audio=audio, text=text,
                              duration=float(row.get("duration", 0.0)),
                              voice=str(row.get("voice", "")), sha256=str(row.get("sha256", "")),
-                             source=where))
+                             pcm_sha256=str(row.get("pcm_sha256", "")), source=where))
     if not out:
         raise ManifestError(f"{path}: manifest has no utterances")
     return out
@@ -112,6 +120,8 @@ def load_audio(utt: Utterance, verify: bool = False) -> np.ndarray:
     wave = wave[:, 0]
     if not np.isfinite(wave).all():
         raise ManifestError(f"{where}: {utt.audio} holds NaN or infinite samples")
+    if verify and utt.pcm_sha256 and pcm16_sha256(wave) != utt.pcm_sha256:
+        raise ManifestError(f"{where}: samples of {utt.audio} do not match pcm_sha256")
     return wave
 
 

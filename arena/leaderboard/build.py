@@ -2,7 +2,7 @@
 one record per result, the tables a render of those records)."""
 from __future__ import annotations
 
-from arena.score import formulas
+from arena.leaderboard import formulas
 
 
 def latest(cells: list[dict]) -> list[dict]:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 
 def _fmt(v, digits=3):
@@ -41,8 +43,6 @@ def scope_line(board: dict) -> str:
 
 
 def print_terminal(board: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     console.print(f"[bold]ASR Arena leaderboard[/bold] — {scope_line(board)}")

@@ -1,20 +1,15 @@
-"""Submissions: the plugin API (api), the submission.toml schema (manifest), checks
-(validate) and installation (submit). Importing this package does not import torch."""
+"""The plugin API a submission codes against (api), the sandbox's view of a plugin (spec) and
+the in-sandbox loader (loader). Importing this package does not import torch."""
 from __future__ import annotations
 
-_API = ("AudioBatch", "Attack", "TargetedAttack", "Defense", "TargetModel")
-_BUDGET = ("Budget", "ThreatModel")
+_API = ("AudioBatch", "Attack", "TargetedAttack", "Defense", "TargetModel", "Budget", "ThreatModel")
 
-__all__ = [*_API, *_BUDGET]
+__all__ = list(_API)
 
 
 def __getattr__(name):
-    if name in _API:
+    if name in _API:  # lazily: `import arena` and the intake stay torch-free
         from arena.plugins import api
 
         return getattr(api, name)
-    if name in _BUDGET:
-        from arena.plugins import budget
-
-        return getattr(budget, name)
     raise AttributeError(f"module 'arena.plugins' has no attribute {name!r}")

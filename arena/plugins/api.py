@@ -6,56 +6,14 @@ worker instantiates it with no arguments (the harness sets `self.effort`, "quick
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from arena.plugins.budget import Budget, ThreatModel  # noqa: F401  (re-exported)
+from arena.core.audio import SAMPLE_RATE, AudioBatch
+from arena.core.budget import Budget, ThreatModel
 
-SAMPLE_RATE = 16_000
-
-
-@dataclass
-class AudioBatch:
-    ids: list[str]
-    wave: torch.Tensor            # (B, T) float32, zero padded, in [-1, 1]
-    lengths: torch.Tensor         # (B,) int64 samples
-    transcripts: list[str] | None = None   # attacks only
-    targets: list[str] | None = None       # targeted attacks only
-
-    def __post_init__(self):
-        if not isinstance(self.wave, torch.Tensor) or self.wave.dim() != 2:
-            raise ValueError(f"AudioBatch.wave must be a 2-D (B, T) tensor, got "
-                             f"{getattr(self.wave, 'shape', type(self.wave).__name__)}")
-        if self.wave.dtype != torch.float32:
-            raise ValueError(f"AudioBatch.wave must be float32, got {self.wave.dtype}")
-        if not isinstance(self.lengths, torch.Tensor) or self.lengths.dim() != 1:
-            raise ValueError("AudioBatch.lengths must be a 1-D (B,) tensor")
-        if self.lengths.dtype != torch.int64:
-            raise ValueError(f"AudioBatch.lengths must be int64, got {self.lengths.dtype}")
-        B, T = self.wave.shape
-        if self.lengths.shape[0] != B:
-            raise ValueError(f"AudioBatch.lengths has {self.lengths.shape[0]} entries for {B} waves")
-        if B and (int(self.lengths.min()) < 1 or int(self.lengths.max()) > T):
-            raise ValueError(f"AudioBatch.lengths must lie in [1, {T}]")
-        self.ids = list(self.ids)
-        if len(self.ids) != B:
-            raise ValueError(f"AudioBatch.ids has {len(self.ids)} entries for {B} waves")
-        for field in ("transcripts", "targets"):
-            value = getattr(self, field)
-            if value is not None:
-                value = list(value)
-                setattr(self, field, value)
-                if len(value) != B or not all(isinstance(t, str) for t in value):
-                    raise ValueError(f"AudioBatch.{field} must be {B} strings")
-
-    def __len__(self) -> int:
-        return self.wave.shape[0]
-
-    def to(self, device) -> "AudioBatch":
-        return AudioBatch(list(self.ids), self.wave.to(device), self.lengths.to(device),
-                          self.transcripts, self.targets)
+__all__ = ["AudioBatch", "Budget", "ThreatModel", "TargetModel", "Attack", "TargetedAttack",
+           "Defense", "BASES"]
 
 
 class TargetModel:

@@ -1,7 +1,6 @@
 """Running one plugin job in an isolated process (bubblewrap); see DESIGN.md, Sandbox."""
 from arena.sandbox.bwrap import SandboxUnavailable
-from arena.sandbox.jobs import (BatchOutcome, JobResult, SandboxLimits, run_attack_job,
-                                run_defense_job)
+from arena.sandbox.jobs import BatchOutcome, JobResult, SandboxLimits, run_attack_job, run_defense_job
 
 __all__ = ["SandboxUnavailable", "SandboxLimits", "BatchOutcome", "JobResult", "run_attack_job",
            "run_defense_job"]

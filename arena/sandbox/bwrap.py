@@ -2,12 +2,20 @@
 
 What the sandboxed process sees (everything read-only unless said otherwise):
   /usr, /lib*, /bin, /sbin (system libraries), /etc/ld.so.cache and a few harmless /etc files,
-  the Python environment at its real path (sys.prefix / base_prefix),
-  the `arena` package directory at its real path (never the repository root),
-  /sandbox/input (the job input, which holds a copy of the submission),
-  /sandbox/output (read-write, the only writable host path),
-  a private tmpfs on /tmp, a minimal /dev, a new /proc, no network, new PID/IPC/UTS/user
-  namespaces, an empty environment except the variables set below.
+  the Python environment at its real path (sys.prefix / base_prefix, site-packages),
+  the code of the `arena` package at its real path: its .py files and __pycache__ only,
+    so no model zoo, model cards or baselines even though they sit inside the package,
+  /sandbox/input (the job input: a copy of the submission, the one target model file,
+    the batches),
+  a private tmpfs on /tmp (read-write, the only writable place; size-capped, and
+    file-count-capped by the worker when it can), a minimal /dev, a new /proc, no network,
+  new PID/IPC/UTS/user namespaces, an empty environment except the variables set below.
+Where arena's own folders (corpus, runs, results store, submissions, zoo, the checkout,
+~/.cache) lie inside one of those bound trees (e.g. a non-editable install whose data
+folder sits in site-packages) they are covered by an empty read-only tmpfs.
+No host folder is writable: results come back as frames over a pipe (channel.py).
+bwrap itself is started with an empty environment, so even the sandbox's first process
+(a copy of bwrap, readable through /proc inside) shows nothing of the harness's.
 
 Process limits. RLIMIT_NPROC counts processes per real user id and the kernel never
 enforces it for host root, so when the harness runs as root it maps an unprivileged host
@@ -15,9 +23,10 @@ uid (ARENA_SANDBOX_UID, default 65500) into the sandbox's user namespace next to
 the worker switches to it (setresuid, which also drops every capability) after loading the
 model and before importing any submission code. Whatever runs submission code is then an
 ordinary user: RLIMIT_NPROC, RLIMIT_AS/DATA, RLIMIT_FSIZE, RLIMIT_CPU and RLIMIT_NOFILE all
-hold. The wall-clock watchdog (jobs.py) kills the process group of bwrap; bwrap's
---die-with-parent and the PID namespace take every process inside with it, including
-ones that called setsid or double-forked.
+hold per process; control.py bounds the whole tree (cgroups or a watchdog). The
+wall-clock watchdog (jobs.py) kills the process group of bwrap; bwrap's --die-with-parent
+and the PID namespace take every process inside with it, including ones that called
+setsid or double-forked.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 from pathlib import Path
 
@@ -102,8 +112,86 @@ def gpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/renderD*"))
 
 
-def build_command(input_dir: str, output_dir: str, argv: list[str], *, env: dict[str, str],
-                  gpu: bool = False, tmpfs_mb: int = 512, map_uid: bool = False) -> list[str]:
+CODE_SUFFIXES = (".py", ".pyc", ".pyi", ".so", "py.typed")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _code_tree(d: str) -> tuple[bool, list[str], list[str]]:
+    """(pure, code files, subpackages) of package folder `d`: pure when it holds nothing
+    but code, __pycache__ and pure subpackages, so one bind can expose all of it."""
+    pure, code, subs = True, [], []
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return False, [], []
+    for e in entries:
+        if e.is_symlink():
+            pure = False
+        elif e.is_dir():
+            if e.name == "__pycache__" or os.path.isfile(os.path.join(e.path, "__init__.py")):
+                subs.append(e.path)
+            else:
+                pure = False      # not a package: data (zoo/cards, baselines, ...)
+        elif e.is_file() and e.name.endswith(CODE_SUFFIXES):
+            code.append(e.path)
+        else:
+            pure = False
+    return pure and all(_code_tree(s)[0] for s in subs), code, subs
+
+
+def package_view(pkg: str) -> tuple[list[str], list[str]]:
+    """bwrap arguments that expose only the code of package folder `pkg` (and the folders
+    to remount read-only once everything is bound)."""
+    args, ro = [], []
+
+    def visit(d: str) -> None:
+        pure, code, subs = _code_tree(d)
+        if pure:
+            args.extend(["--ro-bind", d, d])
+            return
+        args.extend(["--perms", "0755", "--tmpfs", d])
+        ro.append(d)
+        for f in sorted(code):
+            args.extend(["--ro-bind", f, f])
+        for s in sorted(subs):
+            visit(s)
+
+    visit(pkg)
+    return args, ro
+
+
+def hidden_paths() -> list[str]:
+    """Arena's own folders that no job may read: the corpus, training runs, the results
+    store, installed submissions, the zoo and baselines, the checkout, ~/.cache (real paths)."""
+    from arena.core import paths
+
+    pkg = arena_package_dir()
+    found = []
+    for get in (paths.data_dir, paths.runs_dir, paths.leaderboard_dir, paths.submissions_dir,
+                paths.zoo_dir, paths.baselines_dir, paths.home, paths.checkout_root):
+        try:
+            p = get()
+        except Exception:  # noqa: BLE001 - a location that cannot be resolved is not there
+            continue
+        if p is not None:
+            found.append(str(p))
+    # older layouts kept these next to the package (a non-editable install: in site-packages)
+    found += [os.path.join(os.path.dirname(pkg), n)
+              for n in ("data", "runs", "leaderboard", "submissions", "baselines", "zoo")]
+    found.append(os.path.expanduser("~/.cache"))
+    out = []
+    for p in found:
+        real = os.path.realpath(p)
+        if os.path.isdir(real) and real not in out:
+            out.append(real)
+    return out
+
+
+def build_command(input_dir: str, argv: list[str], *, env: dict[str, str], gpu: bool = False,
+                  tmp_mb: int = 512, map_uid: bool = False) -> list[str]:
     cmd = [bwrap_binary(),
            "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
@@ -136,14 +224,34 @@ def build_command(input_dir: str, output_dir: str, argv: list[str], *, env: dict
 
     # the private /tmp first, so that an environment or checkout under the host's /tmp is
     # bound on top of it rather than hidden by it
-    cmd += ["--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp"]
-    for root in [*python_roots(), arena_package_dir()]:
+    cmd += ["--perms", "1777", "--size", str(int(tmp_mb) * 1024 * 1024), "--tmpfs", "/tmp"]
+    roots = python_roots()
+    for root in roots:
         cmd += parents(root) + ["--ro-bind", root, root]
+    # arena's folders inside a bound tree: covered (outermost first), then any bound tree
+    # inside a covered one bound again; the package's own view comes last (code only)
+    pkg = arena_package_dir()
+    bound = ["/usr", *roots]
+    hide = sorted((h for h in hidden_paths()
+                   if not _within(h, pkg) and h not in bound
+                   and any(_within(h, b) for b in bound)), key=lambda p: p.count("/"))
+    hide = [h for i, h in enumerate(hide) if not any(_within(h, o) for o in hide[:i])]
+    remount = []
+    for h in hide:
+        cmd += ["--perms", "0755", "--tmpfs", h]
+        remount.append(h)
+    for root in roots:
+        if any(_within(root, h) and root != h for h in hide):
+            cmd += parents(root) + ["--ro-bind", root, root]
+    view, ro = package_view(pkg)
+    cmd += parents(pkg) + view
+    remount += ro
     cmd += ["--proc", "/proc", "--dev", "/dev",
             "--perms", "0755", "--dir", SANDBOX_ROOT,
             "--ro-bind", input_dir, f"{SANDBOX_ROOT}/input",
-            "--bind", output_dir, f"{SANDBOX_ROOT}/output",
             "--chdir", "/tmp"]
+    for d in remount:
+        cmd += ["--remount-ro", d]
     if gpu:
         for dev in gpu_devices():
             cmd += ["--dev-bind", dev, dev]
@@ -263,7 +371,6 @@ def _drain(fd: int) -> None:
 @functools.lru_cache(maxsize=1)
 def probe() -> str | None:
     """None when bwrap starts here, else why not (cached for the process)."""
-    import tempfile
 
     try:
         with tempfile.TemporaryDirectory(prefix="arena-probe-") as d:

@@ -19,6 +19,11 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from arena.core.budget import Budget
+from arena.plugins.spec import PluginSpec
 from arena.sandbox import bwrap
 
 MAX_STATUS_BYTES = 64 * 1024 * 1024
@@ -104,7 +109,6 @@ def _signal_name(rc: int) -> str:
 
 def _prepare(jobdir: Path, submission_dir: Path, model_path: Path, batches, per_batch: list[dict],
              job: dict, map_uid: bool) -> None:
-    from safetensors.torch import save_file
 
     inp, out = jobdir / "input", jobdir / "output"
     inp.mkdir(parents=True)
@@ -144,8 +148,6 @@ def _int(x) -> int:
 
 
 def _validate_attack(out: Path, i: int, batch, rec: dict) -> BatchOutcome:
-    import torch
-    from safetensors.torch import load_file
 
     seconds = float(rec.get("seconds") or 0.0) if isinstance(rec.get("seconds"), (int, float)) else 0.0
     if not rec.get("ok"):
@@ -185,18 +187,13 @@ def _validate_defense(batch, rec: dict) -> BatchOutcome:
     return BatchOutcome(True, None, transcripts=[h[:10_000] for h in hyps], seconds=seconds)
 
 
-def _run_job(role: str, submission_dir, model_path, batches, per_batch: list[dict], *, device: str,
-             limits: SandboxLimits, trusted: bool, seed: int, effort: str, workdir) -> JobResult:
-    from arena.plugins.manifest import SubmissionError, load_manifest
-
-    submission_dir, model_path = Path(submission_dir).resolve(), Path(model_path).resolve()
-    try:
-        manifest = load_manifest(submission_dir)
-    except SubmissionError as e:
-        return JobResult("error", str(e))
-    if (role == "attack") != manifest.is_attack:
-        return JobResult("error", f"{manifest.name} is a {manifest.track} submission, not a {role}")
-    limits = effective_limits(limits, manifest.limits)
+def _run_job(role: str, plugin: PluginSpec, model_path, batches, per_batch: list[dict], *,
+             device: str, limits: SandboxLimits, trusted: bool, seed: int, effort: str,
+             workdir) -> JobResult:
+    submission_dir, model_path = Path(plugin.folder).resolve(), Path(model_path).resolve()
+    if (role == "attack") != plugin.track.is_attack:
+        return JobResult("error", f"{plugin.name} is a {plugin.track.value} submission, not a {role}")
+    limits = effective_limits(limits, plugin.limits)
     if not trusted:
         bwrap.require_sandbox()
     else:
@@ -209,8 +206,8 @@ def _run_job(role: str, submission_dir, model_path, batches, per_batch: list[dic
         jobdir.mkdir(parents=True, exist_ok=True)
         jobdir = jobdir / f"job-{os.getpid()}-{time.time_ns()}"
     try:
-        job = {"role": role, "entry": manifest.entry, "module": manifest.module,
-               "class_name": manifest.class_name, "track": manifest.track, "device": str(device),
+        job = {"role": role, "module": plugin.module, "class_name": plugin.class_name,
+               "track": plugin.track.value, "device": str(device),
                "seed": seed, "effort": effort, "n_batches": len(batches), "threads": 1,
                "drop_uid": bwrap.INNER_UID if map_uid else None}
         _prepare(jobdir, submission_dir, model_path, batches, per_batch, job, map_uid)
@@ -320,7 +317,6 @@ def _exit_text(rc) -> str:
 
 
 def _budgets_for(budget, n: int):
-    from arena.plugins.budget import Budget
 
     if isinstance(budget, (list, tuple)):
         if len(budget) != n:
@@ -329,7 +325,7 @@ def _budgets_for(budget, n: int):
     return [Budget.parse(budget)] * n
 
 
-def run_attack_job(submission_dir, model_path, batches, budget, *, device="cpu",
+def run_attack_job(plugin: PluginSpec, model_path, batches, budget, *, device="cpu",
                    limits: SandboxLimits | None = None, trusted=False, seed=0, workdir=None,
                    effort="full") -> JobResult:
     """Run an (un)targeted attack on every batch; `budget` is one Budget (or id) or one per
@@ -340,16 +336,16 @@ def run_attack_job(submission_dir, model_path, batches, budget, *, device="cpu",
             raise ValueError("attack batches need transcripts")
     per_batch = [{"ids": list(b.ids), "transcripts": b.transcripts, "targets": b.targets,
                   "budget": bud.id} for b, bud in zip(batches, budgets)]
-    return _run_job("attack", submission_dir, model_path, batches, per_batch, device=device,
+    return _run_job("attack", plugin, model_path, batches, per_batch, device=device,
                     limits=limits or SandboxLimits(), trusted=trusted, seed=seed, effort=effort,
                     workdir=workdir)
 
 
-def run_defense_job(submission_dir, model_path, batches, *, device="cpu",
+def run_defense_job(plugin: PluginSpec, model_path, batches, *, device="cpu",
                     limits: SandboxLimits | None = None, trusted=False, seed=0, workdir=None,
                     effort="full") -> JobResult:
     """Transcribe every batch with a defense (no references, targets or budgets given)."""
     per_batch = [{"ids": list(b.ids)} for b in batches]
-    return _run_job("defense", submission_dir, model_path, batches, per_batch, device=device,
+    return _run_job("defense", plugin, model_path, batches, per_batch, device=device,
                     limits=limits or SandboxLimits(), trusted=trusted, seed=seed, effort=effort,
                     workdir=workdir)

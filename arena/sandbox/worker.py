@@ -54,9 +54,11 @@ def main(jobdir: str) -> int:
 
     torch.set_num_threads(threads)
     try:
-        from arena.models_io import load_model
-        from arena.plugins.api import BASES, AudioBatch, TargetModel
-        from arena.plugins.budget import Budget
+        from arena.core.audio import AudioBatch
+        from arena.core.budget import Budget
+        from arena.plugins.api import TargetModel
+        from arena.plugins.loader import load_plugin
+        from arena.zoo.registry import load_model
 
         device = job.get("device", "cpu")
         model = TargetModel(load_model(os.path.join(inp, "model.safetensors"), device=device), device)
@@ -64,19 +66,8 @@ def main(jobdir: str) -> int:
         if job.get("drop_uid") is not None:
             _drop_privileges(int(job["drop_uid"]))
         # -------- from here on, submission code runs (unprivileged)
-        import importlib
-
-        sys.path.insert(0, os.path.join(inp, "submission"))
-        module = importlib.import_module(job["module"])
-        cls = getattr(module, job["class_name"], None)
-        if cls is None:
-            raise AttributeError(f"module {job['module']!r} has no class {job['class_name']!r}")
-        base = BASES[job["track"]]
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise TypeError(f"{job['entry']} must be a subclass of arena.{base.__name__} "
-                            f"for track {job['track']!r}")
-        plugin = cls()
-        plugin.effort = job.get("effort", "full")
+        plugin = load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
+                             job["track"], job.get("effort", "full"))
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         _write_json(status_path, status)

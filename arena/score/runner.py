@@ -22,13 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import arena
 from arena.asr.metrics import edit_counts
-from arena.data.manifest import sha256_file as file_sha256
-from arena.score.entries import Entry
+from arena.core.audio import AudioBatch, pad_waves
+from arena.core.hashing import sha256_file as file_sha256
+from arena.data.batching import AudioSet, length_batches
+from arena.data.corpus import ensure_split, resolve_seed, seed_tag
+from arena.data.manifest import read_manifest
+from arena.plugins.api import Budget
+from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
 from arena.score.profiles import Profile
 from arena.score.store import ResultsStore
+from arena.score.targets import choose_target
+from arena.submissions.entries import Entry
+from arena.zoo import registry as models_io
+from arena.zoo.registry import load_model
 
 SCORER_VERSION = "2"  # 2: the int16 grid is k / 32768 (clean audio passes unchanged)
 
@@ -68,10 +78,6 @@ def load_subset(profile: Profile, seed: int | None = None, progress: bool = True
                 manifest=None) -> DataSubset:
     """A fixed, seeded sample of the profile's split (the whole split when it is smaller),
     or of any manifest in the corpus format when `manifest` is given."""
-    from arena.data.batching import AudioSet
-    from arena.data.corpus import ensure_split, resolve_seed, seed_tag
-    from arena.data.manifest import read_manifest
-    from arena.score.targets import choose_target
 
     if manifest is None:
         corpus_seed = resolve_seed(profile.split, seed)
@@ -114,8 +120,6 @@ class ScoreReport:
 
 
 def _batches(subset: DataSubset, profile: Profile, with_transcripts=False, with_targets=False):
-    from arena.data.batching import length_batches, pad_waves
-    from arena.plugins.api import AudioBatch
 
     out = []
     for idx in length_batches(subset.durations(), profile.batch_seconds):
@@ -165,8 +169,6 @@ class Scorer:
         only the adversarial audio of cells whose artifact file is missing is recomputed:
         the audio is not versioned with the store, so a fresh clone has the cells only, and
         a new defense needs the audio (the attack is seeded, so it is the same audio)."""
-        from arena.plugins.api import Budget
-        from arena.sandbox import run_attack_job
 
         todo = []
         for b in budgets:
@@ -191,7 +193,7 @@ class Scorer:
             for _, batch in plan:
                 batches.append(batch)
                 batch_budgets.append(Budget.parse(b))
-        result = run_attack_job(attack.path, model.path, batches, batch_budgets,
+        result = run_attack_job(attack.spec, model.path, batches, batch_budgets,
                                 device=self.opt.device, trusted=self.opt.trusted, seed=self.opt.seed,
                                 effort=self.opt.profile.effort, limits=self._limits())
         self._account(result, f"attack {attack.name} on {model.name}")
@@ -234,9 +236,6 @@ class Scorer:
     def run_defense(self, defense: Entry, model: TargetSpec, attacks: list[Entry],
                     budgets: list[str]) -> None:
         """One sandbox job over every set this defense still has to transcribe on `model`."""
-        from arena.data.batching import length_batches, pad_waves
-        from arena.plugins.api import AudioBatch
-        from arena.sandbox import run_defense_job
 
         sets = []  # (cell key, kind, attack entry|None, budget|None, waves by id)
         ck = self.clean_key(defense, model)
@@ -272,7 +271,7 @@ class Scorer:
             wave, lengths = pad_waves([pool[i][2] for i in idx])
             batches.append(AudioBatch(ids=[names[i] for i in idx], wave=wave, lengths=lengths))
             members.append(idx)
-        result = run_defense_job(defense.path, model.path, batches, device=self.opt.device,
+        result = run_defense_job(defense.spec, model.path, batches, device=self.opt.device,
                                  trusted=self.opt.trusted, seed=self.opt.seed,
                                  effort=self.opt.profile.effort, limits=self._limits())
         self._account(result, f"defense {defense.name} on {model.name}")
@@ -331,8 +330,6 @@ class Scorer:
                      budgets: list[str]) -> None:
         """Audio crafted against `source`, transcribed by `model` without defense (harness
         side: only our own model code runs here, no submission code)."""
-        from arena.data.batching import length_batches, pad_waves
-        from arena.models_io import load_model
 
         todo = []
         for attack in attacks:
@@ -386,7 +383,6 @@ class Scorer:
         return _unpack_waves(self.store.read_artifact(cell["artifact"]))
 
     def _limits(self):
-        from arena.sandbox import SandboxLimits
 
         return SandboxLimits(wall_s=self.opt.wall_s, cpu_s=self.opt.wall_s * 4)
 
@@ -415,7 +411,6 @@ def _unpack_waves(tensors: dict) -> dict[str, np.ndarray]:
 
 
 def target_specs(names: list[str] | None = None) -> list[TargetSpec]:
-    from arena import models_io
 
     names = names or models_io.available()
     if not names:
@@ -436,7 +431,6 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
     leaderboard lists them. An error of the harness itself in one job is reported and the
     run goes on with the next job; that job's claims are released for the next run.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.time()
     subset = subset or load_subset(options.profile, progress=options.progress)

@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY,
@@ -148,7 +150,6 @@ class ResultsStore:
         return self.artifacts / f"{key}.safetensors"
 
     def write_artifact(self, key: str, tensors: dict) -> str:
-        from safetensors.torch import save_file
 
         path = self.artifact_path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -157,7 +158,6 @@ class ResultsStore:
         return path.name
 
     def read_artifact(self, name: str) -> dict:
-        from safetensors.torch import load_file
 
         return load_file(str(self.artifacts / name))
 

@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arena.plugins.manifest import SubmissionError, SubmissionManifest, load_manifest
+import torch
+
+from arena.asr.models import build_model, save_checkpoint
+from arena.core.audio import AudioBatch
+from arena.core.budget import Budget
+from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
+from arena.submissions.manifest import SubmissionError, SubmissionManifest, load_manifest
 
 VALIDATION_BUDGET = "snr30"
 OVERSHOOT_TOLERANCE = 1.01
@@ -34,9 +40,7 @@ class ValidationReport:
 
 def synthetic_batches(with_targets: bool = False, seed: int = 0):
     """Three 0.5-1.5 s sine/noise mixtures in two padded batches (2 + 1 utterances)."""
-    import torch
 
-    from arena.plugins.api import AudioBatch
 
     g = torch.Generator().manual_seed(seed)
     waves = []
@@ -61,9 +65,7 @@ def synthetic_batches(with_targets: bool = False, seed: int = 0):
 
 
 def tiny_model_file(folder) -> Path:
-    import torch
 
-    from arena.asr.models import build_model, save_checkpoint
 
     torch.manual_seed(0)
     path = Path(folder) / "tiny-model.safetensors"
@@ -78,8 +80,6 @@ def _first_lines(text: str, n: int = 12) -> str:
 
 def validate(path, *, wall_s: float = 120, trusted: bool = False, device: str = "cpu") -> ValidationReport:
     """Check the manifest, then dry-run the plugin in the sandbox and report violations."""
-    from arena.plugins.budget import Budget
-    from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
 
     t0 = time.time()
     folder = Path(path)
@@ -94,10 +94,10 @@ def validate(path, *, wall_s: float = 120, trusted: bool = False, device: str = 
         model_path = tiny_model_file(tmp)
         batches = synthetic_batches(with_targets=manifest.track == "targeted-attack")
         if manifest.is_attack:
-            result = run_attack_job(folder, model_path, batches, budget, device=device, limits=limits,
+            result = run_attack_job(manifest.spec(), model_path, batches, budget, device=device, limits=limits,
                                     trusted=trusted, effort="quick")
         else:
-            result = run_defense_job(folder, model_path, batches, device=device, limits=limits,
+            result = run_defense_job(manifest.spec(), model_path, batches, device=device, limits=limits,
                                      trusted=trusted, effort="quick")
     if result.status == "timeout":
         errors.append(f"timeout: the plugin did not finish 3 short utterances within {wall_s:g} s "

@@ -1,4 +1,6 @@
-"""Loading any model file the arena ships or makes, by name or path.
+"""The zoo's registry: every model the arena ships, by name -> file, card and loader.
+
+Loading any model file the arena ships or makes, by name or path.
 
 A dense file is a safetensors checkpoint (arena.asr.models.save_checkpoint); a packed file
 (arena.compress.packed) carries `format = arena-packed` in its header metadata. Names refer
@@ -7,10 +9,13 @@ to files in the zoo folder: `dense` is `zoo/dense.safetensors`, `int4+2:4` is
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
-from arena import paths
-from arena.asr.models import ASRModel, load_checkpoint, read_metadata
+from arena.asr.models import ASRModel, build_model, load_checkpoint, read_metadata
+from arena.compress.packed import dense_sizes, load_packed
+from arena.core import paths
 
 DENSE = "dense"
 
@@ -53,7 +58,44 @@ def load_model(name_or_path, device="cpu") -> ASRModel:
     path = resolve(name_or_path)
     meta = read_metadata(path)
     if meta.get("format") == "arena-packed":
-        from arena.compress.packed import load_packed
-
-        return load_packed(path, device=device)
+        return load_packed(path, build_model, device=device)
     return load_checkpoint(path, device=device)
+
+
+FIELDS = {"wer": "test_wer", "rel_wer_regression": "rel_wer_regression", "fine_tuned": "fine_tuned"}
+
+
+def _decode(v):
+    if v is None or not isinstance(v, str):
+        return v
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def list_models() -> list[dict]:
+    out = []
+    dense_bytes = None
+    names = available()
+    if DENSE in names:
+        dense_bytes = os.path.getsize(resolve(DENSE))
+    for name in names:
+        path = Path(resolve(name))
+        meta = read_metadata(path)
+        ref = dense_bytes
+        if ref is None and meta.get("format") == "arena-packed":
+            ref = dense_sizes(meta.get("arch", ""), meta.get("config", "{}"), build_model)[0]
+        card_path = paths.zoo_dir() / "cards" / f"{file_stem(name)}.json"
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        size = os.path.getsize(path)
+        row = {"name": name, "path": str(path), "bytes": size,
+               "size_ratio": (size / ref) if ref else None,
+               "recipe": meta.get("recipe", "dense" if name == DENSE else None)}
+        for key, mkey in FIELDS.items():
+            v = _decode(meta.get(mkey))
+            if v is None:
+                v = card.get(mkey, card.get(key))
+            row[key] = v
+        out.append(row)
+    return out

@@ -72,7 +72,7 @@ def to_fast_device(model_or_path, device="cuda", dtype=torch.bfloat16, sparse: b
     """The deployed model on `device`, on its fastest path. Accepts a model, a zoo name or a
     path. Sets `model.fast_paths` ({layer name: "dense-bf16" | "sparse-2:4"} on CUDA)."""
     if isinstance(model_or_path, (str, Path)):
-        from arena.models_io import load_model
+        from arena.zoo.registry import load_model
 
         model = load_model(model_or_path, device="cpu")
     else:

@@ -3,10 +3,23 @@ evaluation, and a model card per variant (`arena/zoo/cards/<stem>.json`)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-from arena import paths
+import torch
+
+from arena.asr.evaluate import evaluate
+from arena.asr.models import build_model, load_checkpoint, read_metadata
+from arena.asr.train import TrainConfig, train
+from arena.compress.modules import compress_, compression_hooks
+from arena.compress.packed import export_packed, load_packed, size_report
+from arena.compress.recipes import parse_recipe
+from arena.core import paths
+from arena.core.hashing import sha256_file
+from arena.data.batching import AudioSet
+from arena.data.corpus import DEFAULT_SEED, ensure_split, seed_tag
+from arena.zoo.registry import file_stem, load_model, zoo_path
 
 # fine-tuning steps per recipe on the built-in corpus: the harder the recipe, the longer
 DEFAULT_STEPS = {"int8": 0, "int4": 150, "int2": 400, "2:4": 300, "1:4": 400, "int4+2:4": 500,
@@ -14,7 +27,6 @@ DEFAULT_STEPS = {"int8": 0, "int4": 150, "int2": 400, "2:4": 300, "1:4": 400, "i
 
 
 def _card_path(name: str) -> Path:
-    from arena.models_io import file_stem
 
     return paths.zoo_dir() / "cards" / f"{file_stem(name)}.json"
 
@@ -35,7 +47,6 @@ def compression_config_for(recipe: str, fine_tune: bool):
     """Recipe -> config. Fine-tuning N:M recomputes the mask every step from the dense
     weights with SR-STE gradients (as in sparse-refined straight-through training);
     post-training is one-shot magnitude."""
-    from arena.compress.recipes import parse_recipe
 
     cfg = parse_recipe(recipe)
     if fine_tune and cfg.n is not None:
@@ -52,17 +63,7 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
     """Compress the dense model with `recipe`, fine-tune for `steps` (0 = post-training),
     write the packed file (zoo by default) and return its card (also written for the zoo).
     With `distill` the fine-tuning also matches the dense model's frame posteriors."""
-    import torch
 
-    from arena.asr.evaluate import evaluate
-    from arena.asr.models import load_checkpoint
-    from arena.asr.train import TrainConfig, train
-    from arena.compress.modules import compress_, compression_hooks
-    from arena.compress.packed import export_packed, load_packed, size_report
-    from arena.data.batching import AudioSet
-    from arena.data.corpus import ensure_split
-    from arena.data.manifest import sha256_file
-    from arena.models_io import file_stem, zoo_path
 
     steps = DEFAULT_STEPS.get(recipe, 300) if steps is None else steps
     t0 = time.time()
@@ -88,12 +89,12 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
     out.parent.mkdir(parents=True, exist_ok=True)
     export_packed(model.cpu(), out, name=recipe, recipe=recipe,
                   extra={"fine_tuned": steps > 0, "fine_tune_steps": steps})
-    deployed = load_packed(out, device=device)
+    deployed = load_packed(out, build_model, device=device)
     data = AudioSet.from_manifest(ensure_split(eval_split, progress=progress))
     res = evaluate(deployed, data, device=device)
     dense_card = read_card("dense") or {}
     dense_wer = dense_card.get(f"{eval_split}_wer")
-    sizes = size_report(out)
+    sizes = size_report(out, build_model)
     card = dict(name=recipe, recipe=recipe, bits=cfg.bits, sparsity=None if cfg.n is None else f"{cfg.n}:{cfg.m}",
                 int2_mode=cfg.int2_mode if cfg.bits == 2 else None,
                 fine_tuned=steps > 0, fine_tune_steps=steps, fine_tune_lr=lr if steps > 0 else None,
@@ -105,4 +106,39 @@ def build_variant(recipe: str, *, steps: int | None = None, device: str = "cpu",
                 device=device, torch=torch.__version__)
     if out_path is None:
         write_card(recipe, card)
+    return card
+
+
+def evaluate_named(model_name: str, split: str, limit=None, device=None, progress=True) -> dict:
+
+    device = default_device(device)
+    manifest = ensure_split(split, progress=progress)
+    data = AudioSet.from_manifest(manifest, limit=limit)
+    model = load_model(model_name, device=device)
+    res = evaluate(model, data, device=device)
+    return {"model": model_name, "split": split, "wer": round(res.wer, 5), "cer": round(res.cer, 5),
+            "n_utterances": res.n_utterances, "audio_seconds": round(res.audio_seconds, 2),
+            "seconds": round(res.seconds, 2), "device": device}
+
+
+def publish_dense(checkpoint, device=None, progress=True) -> dict:
+    """Copy a trained checkpoint into the zoo as `dense`, evaluate it on dev and test and
+    write its model card (arena/zoo/cards/dense.json)."""
+
+
+    dest = zoo_path("dense")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, dest)
+    meta = read_metadata(dest)
+    card = dict(name="dense", recipe="dense", arch=meta.get("arch"),
+                config=json.loads(meta.get("config", "{}")),
+                parameters=int(meta.get("parameters", 0)), train_steps=int(meta.get("train_steps", 0)),
+                train_utterances=int(meta.get("train_utterances", 0)),
+                data_seed_tag=seed_tag(DEFAULT_SEED), bits=None, sparsity=None, fine_tuned=None,
+                bytes=dest.stat().st_size, size_ratio=1.0, rel_wer_regression=0.0)
+    for split in ("dev", "test"):
+        res = evaluate_named("dense", split, device=device, progress=progress)
+        card[f"{split}_wer"], card[f"{split}_cer"] = res["wer"], res["cer"]
+        card[f"{split}_utterances"] = res["n_utterances"]
+    write_card("dense", card)
     return card

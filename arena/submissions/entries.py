@@ -4,20 +4,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from arena import paths
+from arena.core import paths
+from arena.plugins.spec import PluginSpec
+from arena.submissions.manifest import SubmissionError, content_hash, load_manifest
 
 
 @dataclass(frozen=True)
 class Entry:
-    name: str
-    track: str           # attack | targeted-attack | defense
-    path: Path
+    spec: PluginSpec     # what the sandbox runs
     content_hash: str
     origin: str          # baseline | submission
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def track(self) -> str:  # attack | targeted-attack | defense
+        return self.spec.track.value
+
+    @property
+    def path(self) -> Path:
+        return self.spec.folder
+
+    @property
     def is_attack(self) -> bool:
-        return self.track in ("attack", "targeted-attack")
+        return self.spec.track.is_attack
 
 
 class EntryError(ValueError):
@@ -30,7 +42,6 @@ def discover(names: list[str] | None = None, *, tracks: tuple[str, ...] | None =
 
     A broken submission folder never stops scoring: it is reported and skipped.
     """
-    from arena.plugins.manifest import SubmissionError, content_hash, load_manifest
 
     roots = roots or [(paths.baselines_dir(), "baseline"), (paths.submissions_dir(), "submission")]
     entries, problems, seen = [], [], set()
@@ -47,7 +58,7 @@ def discover(names: list[str] | None = None, *, tracks: tuple[str, ...] | None =
                 problems.append(f"{folder}: name {m.name!r} already taken by a {origin} entry; skipped")
                 continue
             seen.add(m.name)
-            entries.append(Entry(m.name, m.track, folder.resolve(), content_hash(folder), origin))
+            entries.append(Entry(m.spec(), content_hash(folder), origin))
     if tracks:
         entries = [e for e in entries if e.track in tracks]
     if names:

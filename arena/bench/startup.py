@@ -1,4 +1,4 @@
-"""Per-job start-up cost of the sandbox: `python -m arena.sandbox.bench_startup`.
+"""Per-job start-up cost of the sandbox: `python -m arena.bench.startup`.
 
 Runs a do-nothing attack on a tiny model, with bubblewrap and without (--trusted), and
 prints the time from process start to "model and plugin loaded" for both (median of
@@ -12,6 +12,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from arena.sandbox import run_attack_job
+from arena.submissions.manifest import plugin_spec
+from arena.submissions.validate import synthetic_batches, tiny_model_file
 
 NOOP = '''from arena import Attack
 
@@ -27,8 +31,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="model file (default: a tiny random model)")
     args = ap.parse_args(argv)
-    from arena.plugins.validate import synthetic_batches, tiny_model_file
-    from arena.sandbox import run_attack_job
 
     rows = {"sandbox": [], "trusted": []}
     walls = {"sandbox": [], "trusted": []}
@@ -44,7 +46,7 @@ def main(argv=None) -> dict:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t = time.time()
-                    r = run_attack_job(sub, model, batches, "snr30", trusted=mode == "trusted")
+                    r = run_attack_job(plugin_spec(sub), model, batches, "snr30", trusted=mode == "trusted")
                     walls[mode].append(time.time() - t)
                 if r.status != "ok":
                     raise SystemExit(f"{mode} run failed: {r.status}: {r.error}")

@@ -21,6 +21,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arena.plugins.spec import PluginSpec, Track
+
 MANIFEST = "submission.toml"
 RECORD = "SUBMISSION.json"   # written by `arena submit`; not part of the content hash
 TRACKS = ("attack", "targeted-attack", "defense")
@@ -112,6 +114,18 @@ class SubmissionManifest:
     @property
     def is_attack(self) -> bool:
         return self.track in ("attack", "targeted-attack")
+
+    def spec(self) -> PluginSpec:
+        """What the sandbox needs to run this submission."""
+        if self.folder is None:
+            raise SubmissionError(f"{self.name}: manifest has no folder")
+        return PluginSpec(self.name, Track(self.track), self.module, self.class_name,
+                          Path(self.folder).resolve(), dict(self.limits))
+
+
+def plugin_spec(folder) -> PluginSpec:
+    """The sandbox spec of the submission in `folder` (SubmissionError when it is invalid)."""
+    return load_manifest(folder).spec()
 
 
 def parse_manifest(data: dict, folder: Path | None = None) -> SubmissionManifest:

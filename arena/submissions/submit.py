@@ -11,9 +11,9 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from arena import paths
-from arena.plugins.manifest import (MANIFEST, RECORD, SubmissionError, content_hash,
-                                    load_manifest)
+from arena.core import paths
+from arena.submissions.manifest import MANIFEST, RECORD, SubmissionError, content_hash, load_manifest
+from arena.submissions.validate import validate
 
 MAX_FILES = 2000
 DEFAULT_MAX_MB = 50
@@ -172,7 +172,6 @@ def _baseline_names() -> set[str]:
 def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB,
            trusted: bool = False, wall_s: float = 120) -> dict:
     """Install a submission; returns its SUBMISSION.json record. Raises SubmissionError."""
-    from arena.plugins.validate import validate
 
     path = Path(path)
     if not path.exists():

@@ -11,8 +11,11 @@ import statistics
 import time
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
-from arena.compress.gpu import cuda_available, to_fast_device
+from arena.zoo.fast import cuda_available, to_fast_device
+from arena.zoo.registry import DENSE, available, load_model, resolve
 
 __all__ = ["bench_models"]
 
@@ -51,7 +54,6 @@ def bench_models(names_or_paths, device=None, batch: int = 8, seconds: float = 1
                  repeats: int = 10, print_table: bool = True, seed: int = 0) -> list[dict]:
     """Forward latency (median of `repeats`) and peak memory of each model on `device`, with
     ratios to the dense baseline. Returns one dict per variant (baseline first)."""
-    from arena.models_io import DENSE, available, load_model, resolve
 
     device = torch.device(device or ("cuda" if cuda_available() else "cpu"))
     names = list(names_or_paths) or available()
@@ -98,8 +100,6 @@ def bench_models(names_or_paths, device=None, batch: int = 8, seconds: float = 1
 
 
 def _print(rows, base, label):
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title=f"baseline: {label}, {base['latency_ms']:.1f} ms")
     for c in ("model", "latency ms", "x baseline", "peak mem MB", "x baseline", "2:4 kernels"):

@@ -1,0 +1,203 @@
+"""PGD on the CTC loss, built on foolbox 3's projected gradient descent.
+
+How foolbox is used (foolbox 3.3.4, ``foolbox/attacks/gradient_descent_base.py``):
+
+* ``_CTCL2PGD`` / ``_CTCLinfPGD`` subclass ``foolbox.attacks.L2PGD`` / ``LinfPGD``
+  (= ``L2ProjectedGradientDescentAttack`` / ``LinfProjectedGradientDescentAttack``), so the
+  loop itself -- random start, ``value_and_grad``, per-row gradient normalisation (L2 norm or
+  sign), the step ``x + stepsize * g`` with ``stepsize = rel_stepsize * epsilon``, the
+  projection onto the epsilon ball and the clip to the model bounds -- is foolbox's own
+  ``BaseGradientDescent.run``.
+* ``get_loss_fn(model, labels)`` is overridden. Foolbox's default is a softmax cross-entropy
+  on class logits; ASR needs a sequence loss, so ours returns the CTC loss (summed over the
+  batch, per utterance unnormalised) of the foolbox model's log-probs against the
+  transcript token ids. The ids arrive as ``labels``: they are carried by ``CTCLabels``, a
+  ``foolbox.criteria.Misclassification`` subclass whose ``labels`` is the padded (B, S) id
+  tensor, which makes foolbox ascend the loss (untargeted). The waveform lengths, the
+  log-prob lengths and the transcript lengths that CTC also needs are fixed for the batch
+  and kept in the closure (attributes set on the attack before ``run``).
+  ``CTCLabels.__call__`` says "adversarial" when the greedy CTC decode differs from the ids.
+* ``get_random_start`` is overridden only to keep padding at zero (foolbox draws noise on
+  every sample of the padded tensor) and to scale the L2 start into the ball's interior.
+* We call ``attack.run(...)`` (the raw, fixed-epsilon attack) rather than ``attack(...)``:
+  ``__call__`` would also evaluate the criterion and return per-epsilon lists we don't need.
+
+Per-utterance L2 radius: DESIGN.md's SNR budget gives every utterance its own radius
+r_b = ||x_b||2 * 10^(-snr/20), while foolbox takes one epsilon per call. We therefore run
+foolbox in a scaled space z = x / r_b (row-wise), where every radius becomes epsilon = 1
+and foolbox's row-wise L2 normalisation/projection is exactly right. The foolbox model
+(``_Waveform``) maps z back with x = clamp(z * r_b, -1, 1) * mask before the ASR model, so the
+true waveform bounds (-1, 1) and the zero padding are enforced inside the model (foolbox's
+scalar bounds are set to a box that contains every reachable z, so its clip is a no-op),
+and the gradient is zero on padded samples. Under Linf no scaling is needed: z = x,
+bounds (-1, 1), epsilon = eps. A final projection in waveform space guards against
+rounding.
+
+Cost per batch (forward + backward passes): quick 10 steps, full 100 steps; the random start
+costs nothing.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import foolbox
+from foolbox.attacks import L2PGD, LinfPGD
+
+from arena import Attack, ThreatModel
+
+STEPS = {"quick": 10, "full": 100}
+REL_STEPSIZE = {"quick": 0.25, "full": 0.1}
+L2_START_SCALE = 0.25  # random start inside a quarter of the L2 ball (foolbox: the whole ball)
+
+
+def _is_l2(budget) -> bool:
+    return budget.threat == ThreatModel.SNR
+
+
+def _tokenizer(model):
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        from arena.asr.text import Tokenizer
+        tok = Tokenizer()
+    return tok
+
+
+def greedy_matches(log_probs, out_lengths, ids, id_lengths, blank: int = 0):
+    """(B,) bool: the greedy CTC decode of each row equals its id sequence; on device."""
+    best = log_probs.argmax(-1)
+    B, T = best.shape
+    dev = best.device
+    valid = torch.arange(T, device=dev)[None, :] < out_lengths.to(dev)[:, None]
+    prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=best.dtype), best[:, :-1]], 1)
+    keep = valid & (best != blank) & (best != prev)
+    count = keep.sum(1)
+    pos = torch.where(keep, keep.cumsum(1) - 1, torch.full_like(best, T))
+    collapsed = torch.full((B, T + 1), -1, device=dev, dtype=best.dtype).scatter_(1, pos, best)
+    S = ids.shape[1]
+    if S > T:
+        collapsed = F.pad(collapsed, (0, S - T), value=-1)
+    ids = ids.to(dev)
+    id_lengths = id_lengths.to(dev)
+    inside = torch.arange(S, device=dev)[None, :] < id_lengths[:, None]
+    same = ((collapsed[:, :S] == ids) | ~inside).all(1)
+    return same & (count == id_lengths)
+
+
+class CTCLabels(foolbox.criteria.Misclassification):
+    """Misclassification criterion for sequences: ``labels`` are padded CTC token ids (B, S).
+
+    ``label_lengths`` gives each row's true length and ``out_lengths`` the valid log-prob
+    frames; a perturbed input is adversarial when its greedy decode differs from its labels.
+    """
+
+    def __init__(self, ids, label_lengths, out_lengths):
+        super().__init__(ids)
+        self.label_lengths = label_lengths
+        self.out_lengths = out_lengths
+
+    def __call__(self, perturbed, outputs):
+        raw = getattr(outputs, "raw", outputs)
+        is_adv = ~greedy_matches(raw, self.out_lengths, self.labels.raw, self.label_lengths)
+        return type(outputs)(is_adv) if hasattr(outputs, "raw") else is_adv
+
+
+class _Waveform(nn.Module):
+    """Foolbox-facing model: scaled waveform z (B, T) -> CTC log-probs (B, T', V)."""
+
+    def __init__(self, log_probs_fn, lengths, mask, scale):
+        super().__init__()
+        self._log_probs = log_probs_fn  # a bound method, not a submodule
+        self.lengths, self.mask, self.scale = lengths, mask, scale
+
+    def forward(self, z):
+        wave = (z * self.scale).clamp(-1.0, 1.0) * self.mask
+        return self._log_probs(wave, self.lengths)[0]
+
+
+class _CTCMixin:
+    """Overrides shared by both threat models (see the module docstring)."""
+
+    def configure(self, mask, out_lengths, label_lengths, start_scale):
+        self._mask, self._out_lengths = mask, out_lengths
+        self._label_lengths, self._start_scale = label_lengths, start_scale
+        return self
+
+    def get_loss_fn(self, model, labels):
+        ids = labels.raw
+        out_lengths, label_lengths = self._out_lengths, self._label_lengths
+
+        def loss_fn(inputs):
+            log_probs = model(inputs).raw  # foolbox model -> eagerpy tensor; unwrap to torch
+            loss = F.ctc_loss(log_probs.transpose(0, 1), ids, out_lengths, label_lengths,
+                              blank=0, reduction="sum", zero_infinity=True)
+            return type(inputs)(loss)  # back to an eagerpy tensor of the same backend
+
+        return loss_fn
+
+    def get_random_start(self, x0, epsilon):
+        x = super().get_random_start(x0, epsilon)
+        return x0 + (x - x0) * type(x0)(self._mask * self._start_scale)
+
+
+class _CTCL2PGD(_CTCMixin, L2PGD):
+    pass
+
+
+class _CTCLinfPGD(_CTCMixin, LinfPGD):
+    pass
+
+
+class PGD(Attack):
+    track = "attack"
+    seed = 0
+
+    def run(self, batch, model, budget):
+        effort = getattr(self, "effort", "full")
+        steps = STEPS.get(effort, STEPS["full"])
+        rel = REL_STEPSIZE.get(effort, REL_STEPSIZE["full"])
+        dev = torch.device(model.device)
+        wave = batch.wave.to(dev, torch.float32)
+        lengths = batch.lengths.to(dev)
+        B, T = wave.shape
+        mask = (torch.arange(T, device=dev)[None, :] < lengths[:, None]).to(wave.dtype)
+        ids, id_lengths = _tokenizer(model).encode_batch(list(batch.transcripts))
+        ids, id_lengths = ids.to(dev), id_lengths.to(dev)
+        with torch.no_grad():
+            _, out_lengths = model.log_probs(wave, lengths)  # CTC frame counts (one forward)
+        l2 = _is_l2(budget)
+        if l2:
+            radius = torch.as_tensor(budget.max_l2(wave, lengths), device=dev, dtype=wave.dtype)
+            scale = radius.clamp_min(1e-12)[:, None]
+            z0 = wave / scale
+            bound = float(z0.abs().max()) + 2.0  # contains every z within L2 distance 1
+            fmodel = foolbox.PyTorchModel(_Waveform(model.log_probs, lengths, mask, scale).eval(),
+                                          bounds=(-bound, bound), device=dev)
+            attack = _CTCL2PGD(rel_stepsize=rel, steps=steps, random_start=True)
+            attack.configure(mask, out_lengths, id_lengths, L2_START_SCALE)
+            epsilon = 1.0
+        else:
+            eps = float(budget.value)
+            scale = torch.ones(B, 1, device=dev, dtype=wave.dtype)
+            z0 = wave
+            fmodel = foolbox.PyTorchModel(_Waveform(model.log_probs, lengths, mask, scale).eval(),
+                                          bounds=(-1.0, 1.0), device=dev)
+            attack = _CTCLinfPGD(rel_stepsize=rel, steps=steps, random_start=True)
+            attack.configure(mask, out_lengths, id_lengths, 1.0)
+            epsilon = eps
+        criterion = CTCLabels(ids, id_lengths, out_lengths)
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(getattr(self, "seed", 0)) + 4321)
+            z_adv = attack.run(fmodel, z0, criterion, epsilon=epsilon)
+        with torch.no_grad():
+            adv = (z_adv * scale).clamp(-1.0, 1.0) * mask
+            delta = adv - wave
+            if l2:  # guard against float rounding at the ball's surface
+                norms = delta.norm(dim=1).clamp_min(1e-20)
+                delta = delta * torch.clamp(radius / norms, max=1.0)[:, None]
+            else:
+                delta = delta.clamp(-eps, eps)
+            adv = (wave + delta).clamp(-1.0, 1.0) * mask
+        return adv.to(batch.wave.device)

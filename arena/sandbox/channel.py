@@ -1,0 +1,120 @@
+"""The one way results leave the sandbox: named files sent as frames over a pipe.
+
+No host folder is writable from inside the sandbox; the worker sends each output file as
+`<name> <size>\\n<size bytes>` on an inherited pipe, and the harness's Receiver writes only
+the names it expects, each up to its own size cap, into the job's output folder (which the
+sandbox never sees). So the bytes a job can put on the host disk are bounded by what its
+batches legitimately need, and the plugin (which shares the worker's process and can
+write to the pipe too) can only spoil its own results. The sender side has no
+dependencies: the worker imports it before torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import threading
+
+HEADER_MAX = 160
+_HEADER = re.compile(rb"([A-Za-z0-9._-]{1,100}) ([0-9]{1,12})")
+
+
+def send(fd: int, name: str, data: bytes) -> None:
+    """Write one frame (blocking; the harness reads as fast as it is sent)."""
+    view = memoryview(f"{name} {len(data)}\n".encode() + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class Receiver(threading.Thread):
+    """Reads frames from `fd` into `out_dir` until EOF or stop(). `caps` maps each allowed
+    file name to its size cap. Any other name, a size over its cap or a malformed header
+    sets `error` and calls `on_error()` (which kills the job)."""
+
+    def __init__(self, fd: int, out_dir: str, caps: dict[str, int], on_error):
+        super().__init__(name="arena-job-receiver", daemon=True)
+        self.fd, self.out_dir, self.caps, self.on_error = fd, out_dir, caps, on_error
+        self.error: str | None = None
+        self.received: set[str] = set()
+        self.bytes = 0
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        header = bytearray()
+        out = None           # (fd, name, tmp path, bytes left)
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if not ready:
+                    if self._stop.is_set():
+                        return
+                    continue
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    return
+                view = memoryview(chunk)
+                while view:
+                    if out is None:
+                        nl = bytes(view[:HEADER_MAX + 1]).find(b"\n")
+                        if nl < 0:
+                            header += view
+                            view = view[len(view):]
+                            if len(header) > HEADER_MAX:
+                                return self._fail("an output frame header is longer than "
+                                                  f"{HEADER_MAX} bytes")
+                            continue
+                        header += view[:nl]
+                        view = view[nl + 1:]
+                        out = self._open(bytes(header))
+                        header.clear()
+                        if out is None:
+                            return
+                    else:
+                        fd, name, tmp, left = out
+                        part = view[:left]
+                        os.write(fd, part)
+                        self.bytes += len(part)
+                        view = view[len(part):]
+                        left -= len(part)
+                        out = (fd, name, tmp, left)
+                    if out is not None and out[3] == 0:
+                        fd, name, tmp, _ = out
+                        os.close(fd)
+                        os.replace(tmp, os.path.join(self.out_dir, name))
+                        self.received.add(name)
+                        out = None
+        except OSError as e:
+            self._fail(f"could not store the job's output: {e}")
+        finally:
+            if out is not None:      # a frame cut short: drop it
+                os.close(out[0])
+                try:
+                    os.unlink(out[2])
+                except OSError:
+                    pass
+            os.close(self.fd)
+
+    def _open(self, header: bytes):
+        m = _HEADER.fullmatch(header)
+        if m is None:
+            return self._fail(f"malformed output frame header {header[:60]!r}")
+        name, size = m.group(1).decode(), int(m.group(2))
+        if name not in self.caps:
+            return self._fail(f"unexpected output file {name!r}")
+        if size > self.caps[name]:
+            return self._fail(f"output file {name} is {size} bytes, over its cap of "
+                              f"{self.caps[name]} bytes")
+        tmp = os.path.join(self.out_dir, f".part-{name}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        return (fd, name, tmp, size)
+
+    def _fail(self, msg: str):
+        if self.error is None:
+            self.error = msg
+            self.on_error()
+        return None
+
