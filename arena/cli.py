@@ -119,6 +119,28 @@ def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
 
 
 # ---------------------------------------------------------------- scoring (issue 5)
+@main.group()
+def secret():
+    """The organiser's secret scoring split."""
+
+
+@secret.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing secret.")
+@click.option("--no-build", is_flag=True, help="Only write the secret.")
+def secret_init(force, no_build):
+    """Write a new 256-bit secret (owner-only file) and build the secret split from it."""
+    from arena.score.subset import create_secret, secret_split
+
+    try:
+        path = create_secret(overwrite=force)
+    except FileExistsError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"secret written to {path} (mode 600; keep it out of the sandbox and of git)")
+    if not no_build:
+        manifest, tag = secret_split()
+        click.echo(f"secret split {tag}: {len(manifest.read_text().splitlines())} utterances")
+
+
 def _split_names(value):
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -126,7 +148,8 @@ def _split_names(value):
 @main.command()
 @click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
               help="quick (default without a GPU) or full (default with one).")
-@click.option("--split", type=click.Choice(["dev", "test"]), default=None)
+@click.option("--split", type=click.Choice(["dev", "test", "secret"]), default=None,
+              help="secret: the organiser's split (see `arena secret init`).")
 @click.option("--limit", "n_utterances", type=int, default=None, help="Utterances of the split.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Score on this manifest (corpus JSONL format) instead of a corpus split.")
@@ -136,9 +159,11 @@ def _split_names(value):
 @click.option("--device", default=None)
 @click.option("--trusted", is_flag=True, help="Run plugins WITHOUT the sandbox (your own code only).")
 @click.option("--store", "store_dir", default=None, help="Results folder (default leaderboard/).")
+@click.option("--workers", type=int, default=None,
+              help="Sandbox jobs at once (default: the number of CPU cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 def score(profile, split, n_utterances, manifest, attacks, defenses, models, device, trusted,
-          store_dir, as_json):
+          store_dir, workers, as_json):
     """Run every attack against every defense and model; print the leaderboard."""
     from arena.core import paths
     from arena.core.device import default_device
@@ -146,7 +171,8 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     from arena.leaderboard import build as lb_build
     from arena.leaderboard import render
     from arena.score.profiles import get_profile
-    from arena.score.runner import ScoreOptions, load_subset, run_score, target_specs
+    from arena.score.run import ScoreOptions, run_score, target_specs
+    from arena.score.subset import load_subset
     from arena.score.store import ResultsStore
     from arena.submissions.entries import discover
 
@@ -169,7 +195,8 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     for p in problems:
         click.echo(f"skipped: {p}", err=True)
     store = ResultsStore(store_dir or paths.leaderboard_dir())
-    options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json)
+    options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json,
+                           workers=workers)
     try:
         models = target_specs(_split_names(models))
         subset = load_subset(profile, progress=not as_json, manifest=manifest)

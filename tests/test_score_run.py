@@ -87,7 +87,8 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     from arena.leaderboard import build as lb_build
     from arena.submissions.entries import discover
     from arena.score.profiles import get_profile
-    from arena.score.runner import ScoreOptions, load_subset, run_score, target_specs
+    from arena.score.run import ScoreOptions, run_score, target_specs
+    from arena.score.subset import load_subset
     from arena.score.store import ResultsStore
 
     with pytest.MonkeyPatch.context() as mp:

@@ -17,7 +17,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -149,8 +152,24 @@ class ResultsStore:
     def artifact_path(self, key: str) -> Path:
         return self.artifacts / f"{key}.safetensors"
 
-    def write_artifact(self, key: str, tensors: dict) -> str:
+    def write_waves(self, key: str, waves: dict[str, torch.Tensor]) -> str:
+        """Store a cell's audio (utterance id -> 1-D float tensor); returns the file name."""
+        ids = list(waves)
+        flat = torch.cat([waves[u].float().flatten() for u in ids]) if ids else torch.zeros(0)
+        return self.write_artifact(key, {
+            "audio": flat, "lengths": torch.tensor([len(waves[u]) for u in ids], dtype=torch.long),
+            "ids": torch.tensor(list(json.dumps(ids).encode()), dtype=torch.uint8)})
 
+    def read_waves(self, name: str) -> dict[str, np.ndarray]:
+        tensors = self.read_artifact(name)
+        ids = json.loads(bytes(tensors["ids"].tolist()).decode())
+        out, start = {}, 0
+        for uid, n in zip(ids, tensors["lengths"].tolist()):
+            out[uid] = tensors["audio"][start:start + n].numpy()
+            start += n
+        return out
+
+    def write_artifact(self, key: str, tensors: dict) -> str:
         path = self.artifact_path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
@@ -158,7 +177,6 @@ class ResultsStore:
         return path.name
 
     def read_artifact(self, name: str) -> dict:
-
         return load_file(str(self.artifacts / name))
 
 

@@ -1,0 +1,213 @@
+"""Running one job of the plan: attack, defense round or transfer. Each function takes the
+job and what it needs by value and returns its results; none touches the store, so the same
+function runs in a local thread or on a Ray worker and gives the same cells.
+
+Failure policy: a failed attack batch gets the clean audio (no credit) and an error on the
+cell; a failed defense batch scores WER 1.0 on its utterances and an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from arena.asr.metrics import edit_counts
+from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
+from arena.core.budget import Budget
+from arena.data.batching import length_batches
+from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_job
+from arena.score.enforce import enforce_budget, rounded_snr
+from arena.score.plan import (AttackJob, CellKind, DefenseGroup, DefenseRound, Grid,
+                              TransferJob)
+from arena.zoo.registry import load_model
+
+
+@dataclass(frozen=True)
+class RunContext:
+    device: str = "cpu"
+    trusted: bool = False
+    wall_s: float = 900.0
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(wall_s=self.wall_s, cpu_s=self.wall_s * 4)
+
+
+@dataclass
+class Cell:
+    """A finished cell, ready for the store (`waves`: the adversarial audio, if any)."""
+    key: str
+    kind: CellKind
+    metrics: dict
+    axes: dict
+    error: str | None = None
+    waves: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class JobOutput:
+    cells: list[Cell] = field(default_factory=list)
+    answers: dict[str, str | None] = field(default_factory=dict)   # defense rounds: name -> text
+    errors: dict[str, str] = field(default_factory=dict)           # defense rounds: name -> why
+    failure: str | None = None     # the job as a whole failed (for the run report)
+    startup_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def _batches(grid: Grid, waves: list[np.ndarray], ids: list[str], *, attack: bool = False,
+             targeted: bool = False) -> list[tuple[list[int], AudioBatch]]:
+    """Length-bucketed padded batches of `waves` (index lists and batches)."""
+    text_of, target_of = grid.subset.text_of(), grid.subset.target_of()
+    durations = np.array([len(w) / SAMPLE_RATE for w in waves])
+    out = []
+    for idx in length_batches(durations, grid.profile.batch_seconds):
+        wave, lengths = pad_waves([waves[i] for i in idx])
+        names = [ids[i] for i in idx]
+        out.append((idx, AudioBatch(names, wave, lengths,
+                                    transcripts=[text_of[n] for n in names] if attack else None,
+                                    targets=[target_of[n] for n in names] if targeted else None)))
+    return out
+
+
+def _sandbox_output(result: JobResult, out: JobOutput, what: str) -> None:
+    out.startup_s, out.wall_s = result.startup_s, result.wall_s
+    if result.status != "ok":
+        out.failure = f"{what}: {result.status}: {result.error}"
+
+
+# ------------------------------------------------------------------ attacks
+def run_attack(job: AttackJob, grid: Grid, ctx: RunContext) -> JobOutput:
+    """One sandbox process for every budget of the job; the harness projects each output
+    into its budget, clips, rounds to int16 and records the SNR."""
+    targeted = job.attack.track == "targeted-attack"
+    plan = _batches(grid, grid.subset.waves, grid.subset.ids, attack=True, targeted=targeted)
+    batches = [b for _ in job.budgets for _, b in plan]
+    budgets = [Budget.parse(b) for b in job.budgets for _ in plan]
+    result = run_attack_job(job.attack.spec, job.model.path, batches, budgets, device=ctx.device,
+                            trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort,
+                            limits=ctx.limits())
+    out = JobOutput()
+    _sandbox_output(result, out, f"attack {job.name}")
+    for j, (budget_id, key) in enumerate(zip(job.budgets, job.keys)):
+        outcomes = result.batches[j * len(plan):(j + 1) * len(plan)]
+        out.cells.append(_attack_cell(job, grid, budget_id, key, plan, outcomes, result))
+    return out
+
+
+def _attack_cell(job: AttackJob, grid: Grid, budget_id: str, key: str, plan, outcomes,
+                 result: JobResult) -> Cell:
+    budget = Budget.parse(budget_id)
+    waves, snrs, errors, seconds = {}, [], [], 0.0
+    for i, (_, batch) in enumerate(plan):
+        outcome = outcomes[i] if i < len(outcomes) else None
+        adv = outcome.adv if outcome is not None and outcome.ok else None
+        if adv is None:
+            errors.append(f"batch {i}: {(outcome.error if outcome else None) or result.error or 'no output'}")
+        seconds += outcome.seconds if outcome is not None else 0.0
+        projected, snr = enforce_budget(budget, batch.wave, adv, batch.lengths)
+        for row, uid in enumerate(batch.ids):
+            waves[uid] = projected[row, : int(batch.lengths[row])]
+            snrs.append(float(snr[row]))
+    error = "; ".join(errors)[:2000] or (result.error if result.status != "ok" else None)
+    finite = [s for s in snrs if np.isfinite(s)]
+    metrics = dict(ids=list(waves), snr_db=[rounded_snr(s) for s in snrs],
+                   mean_snr_db=float(np.mean(finite)) if finite else None,
+                   forward_calls=result.forward_calls, backward_calls=result.backward_calls,
+                   counts_self_reported=True, seconds=round(seconds, 3), track=job.attack.track,
+                   failed_batches=len(errors), n=len(waves))
+    axes = grid.axes(attack=job.attack.name, budget=budget_id, model=job.model.name)
+    return Cell(key, CellKind.ATTACK, metrics, axes, error, waves)
+
+
+# ------------------------------------------------------------------ defenses
+def run_defense_round(job: DefenseRound, grid: Grid, ctx: RunContext) -> JobOutput:
+    """One anonymous round in the sandbox; answers by the names the defense saw."""
+    names = [item.name for item in job.items]
+    plan = _batches(grid, job.waves, names)
+    result = run_defense_job(job.defense.spec, job.model.path, [b for _, b in plan],
+                             device=ctx.device, trusted=ctx.trusted, seed=grid.seed,
+                             effort=grid.profile.effort, limits=ctx.limits())
+    out = JobOutput()
+    _sandbox_output(result, out, f"defense {job.name}")
+    for b, (idx, batch) in enumerate(plan):
+        outcome = result.batches[b] if b < len(result.batches) else None
+        ok = outcome is not None and outcome.ok and outcome.transcripts is not None
+        for row, name in enumerate(batch.ids):
+            out.answers[name] = outcome.transcripts[row] if ok else None
+            if not ok:
+                out.errors[name] = (outcome.error if outcome else None) or result.error or "no output"
+    return out
+
+
+def defense_cells(group: DefenseGroup, outputs: list[JobOutput], grid: Grid) -> list[Cell]:
+    """The group's cells once all its rounds have answered (missing answers: WER 1.0)."""
+    answers: dict[tuple[int, str], str | None] = {}
+    why: dict[tuple[int, str], str] = {}
+    for job, out in zip(group.rounds, outputs):
+        for item in job.items:
+            answers[(item.version, item.uid)] = out.answers.get(item.name)
+            if item.name in out.errors or item.name not in out.answers:
+                why[(item.version, item.uid)] = out.errors.get(item.name) or out.failure or "no output"
+    cells = []
+    for v, s in enumerate(group.sets):
+        hyps = {uid: answers.get((v, uid)) for uid in s.ids}
+        errors = {why[(v, uid)] for uid in s.ids if (v, uid) in why}
+        m = transcript_metrics(grid, hyps, targeted=s.attack is not None and s.attack.track == "targeted-attack")
+        if s.attack_cell is not None:
+            m.update(track=s.attack.track, mean_snr_db=s.attack_cell["metrics"].get("mean_snr_db"),
+                     attack_error=s.attack_cell["error"])
+        axes = grid.axes(attack=s.attack.name if s.attack else None, budget=s.budget,
+                         defense=group.defense.name, model=group.model.name)
+        cells.append(Cell(s.key, s.kind, m, axes, "; ".join(sorted(errors))[:2000] or None))
+    return cells
+
+
+def transcript_metrics(grid: Grid, hyps: dict[str, str | None], targeted: bool = False) -> dict:
+    """Per-utterance edit counts against the references (and the targets), in subset order.
+    A missing transcript (None) counts as every word wrong."""
+    text_of, target_of = grid.subset.text_of(), grid.subset.target_of()
+    m: dict[str, list] = dict(ids=[], word_edits=[], words=[], char_edits=[], chars=[], hypotheses=[])
+    if targeted:
+        m.update(target_exact=[], target_char_edits=[], target_chars=[])
+    for uid in (u for u in grid.subset.ids if u in hyps):
+        hyp = hyps[uid]
+        we, wn = edit_counts(text_of[uid], hyp or "", "word")
+        ce, cn = edit_counts(text_of[uid], hyp or "", "char")
+        if hyp is None:
+            we, ce = wn, cn
+        for k, v in zip(("ids", "word_edits", "words", "char_edits", "chars", "hypotheses"),
+                        (uid, we, wn, ce, cn, hyp)):
+            m[k].append(v)
+        if targeted:
+            te, tn = edit_counts(target_of[uid], hyp or "", "char")
+            m["target_exact"].append(bool(hyp is not None and hyp.strip() == target_of[uid]))
+            m["target_char_edits"].append(te if hyp is not None else tn)
+            m["target_chars"].append(tn)
+    return m
+
+
+# ------------------------------------------------------------------ transfer
+def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
+    """Our own model code only (no submission runs here), so no sandbox."""
+    net = load_model(job.model.path, device=ctx.device)
+    out = JobOutput()
+    for s in job.sets:
+        ids = list(s.ids)
+        hyps: dict[str, str | None] = {}
+        for idx, batch in _batches(grid, [s.waves[u] for u in ids], ids):
+            texts = net.transcribe(batch.wave.to(ctx.device), batch.lengths.to(ctx.device))
+            hyps.update(zip(batch.ids, texts))
+        metrics = {**transcript_metrics(grid, hyps), "track": s.attack.track if s.attack else "attack"}
+        metrics.pop("hypotheses")
+        axes = grid.axes(attack=s.attack.name if s.attack else None, budget=s.budget,
+                         model=job.model.name, source_model=job.source.name)
+        out.cells.append(Cell(s.key, s.kind, metrics, axes))
+    return out
+
+
+def execute(job, grid: Grid, ctx: RunContext) -> JobOutput:
+    """Run any job of the plan (what an executor calls)."""
+    runner = {AttackJob: run_attack, DefenseRound: run_defense_round, TransferJob: run_transfer}[type(job)]
+    return runner(job, grid, ctx)
+
+
