@@ -100,17 +100,20 @@ def eval_cmd(model_name, split, limit, device, as_json):
 @click.option("--post-training", is_flag=True, help="No fine-tuning (same as --steps 0).")
 @click.option("--device", default=None)
 @click.option("--out", default=None, help="Write the packed file here instead of the zoo.")
-@click.option("--distill", is_flag=True,
-              help="Fine-tune against the dense model's frame posteriors as well as the CTC loss.")
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak fine-tuning learning rate.")
+@click.option("--distill/--no-distill", default=None,
+              help="Fine-tune against the dense model's frame posteriors as well as the CTC loss "
+                   "(default: as the recipe's zoo entry was built).")
+@click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate (default: the recipe's).")
 @click.option("--json", "as_json", is_flag=True)
 def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
-    """Compress the dense model with a recipe (fine-tuned by default), pack it, evaluate it."""
+    """Compress the dense model with a recipe, fine-tuned as its zoo entry was (steps,
+    distillation and learning rate recorded per recipe), pack it, evaluate it."""
     from arena.core.device import default_device
-    from arena.zoo.build import build_variant
+    from arena.zoo.build import build_variant, fine_tuning_for
 
-    card = build_variant(recipe, steps=0 if post_training else steps, device=default_device(device),
-                         out_path=out, distill=distill, lr=lr, progress=not as_json)
+    plan = fine_tuning_for(recipe, 0 if post_training else steps, distill, lr)
+    card = build_variant(recipe, fine_tune=plan, device=default_device(device), out_path=out,
+                         progress=not as_json)
     if as_json:
         _echo_json(card)
     else:
@@ -248,10 +251,15 @@ def leaderboard(as_json, as_csv, store_dir, write):
 # ---- compression (issue 3)
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True)
-def models_cmd(as_json):
+@click.option("--refresh", is_flag=True, help="Re-evaluate every model and update its card first.")
+@click.option("--device", default=None)
+def models_cmd(as_json, refresh, device):
     """List the zoo: file size, ratio to the dense fp32 file, WER fields."""
+    from arena.zoo.build import refresh_cards
     from arena.zoo.registry import list_models
 
+    if refresh:
+        refresh_cards(device=device, progress=not as_json)
     rows = list_models()
     if as_json:
         _echo_json(rows)
