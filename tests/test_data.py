@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from arena.core.audio import pad_waves
 from arena.data import corpus
 from arena.data.batching import AudioSet, length_batches
-from arena.core.audio import pad_waves
 from arena.data.corpus import CorpusSpec, build_split, plan_split, seed_tag
 from arena.data.lexicon import TEMPLATES, lexicon
-from arena.data.manifest import (ManifestError, load_audio, pcm16_sha256, read_manifest,
-                                 write_manifest)
+from arena.data.manifest import ManifestError, load_audio, pcm16_sha256, read_manifest, write_manifest
 
 
 def test_lexicon_and_templates_are_big_enough():
@@ -115,6 +114,19 @@ def test_pcm_checksum_catches_changed_samples(tmp_path):
     sf.write(tmp_path / "a.flac", samples, 16000, subtype="PCM_16")
     with pytest.raises(ManifestError, match=r"m\.jsonl:1: samples of .*a\.flac do not match"):
         load_audio(read_manifest(path)[0], verify=True)
+
+
+def test_stale_corpus_from_float_resampler_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARENA_DATA", str(tmp_path))
+    spec = CorpusSpec("dev", seed=5, size=2)
+    spec.audio_dir.mkdir(parents=True)
+    sf.write(spec.audio_dir / "old.flac", GOOD, 16000)
+    # an old build: valid checksum, file sha256 only
+    write_manifest(spec.manifest, [{"id": "dev-000000", "audio": f"{spec.audio_dir.name}/old.flac",
+                                    "text": "old", "sha256": "0" * 64}])
+    rows = read_manifest(corpus.ensure_split("dev", seed=5, size=2, progress=False))
+    assert len(rows) == 2 and all(r.pcm_sha256 for r in rows)
+    assert corpus.ensure_split("dev", seed=5, size=2, progress=False) == spec.manifest
 
 
 def test_test_seed_from_environment(monkeypatch):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arena.core import paths
+from arena.core.audio import SAMPLE_RATE
 from arena.data import lexicon
 from arena.data.manifest import ManifestError, pcm16_sha256, read_manifest, write_manifest
 
@@ -151,11 +152,11 @@ def _render_chunk(args):
         pcm = _WORKER_SYNTH.synthesize_raw(row["text"], setting)
         wave = finish_waveform(pcm, _WORKER_SYNTH.native_rate)  # int16, exact
         path = Path(audio_dir) / f"{row['id']}.flac"
-        sf.write(str(path), wave, 16_000, format="FLAC", subtype="PCM_16")
+        sf.write(str(path), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         # the checksum covers the samples, not the file: FLAC bytes carry the libFLAC
         # version string, so another soundfile wheel would change every file hash
         out.append(dict(id=row["id"], audio=f"{rel}/{row['id']}.flac", text=row["text"],
-                        duration=round(len(wave) / 16_000, 4), voice=setting.voice,
+                        duration=round(len(wave) / SAMPLE_RATE, 4), voice=setting.voice,
                         rate=row["rate"], pitch=row["pitch"], pcm_sha256=pcm16_sha256(wave)))
     return out
 
@@ -171,7 +172,7 @@ def build_split(spec: CorpusSpec, workers: int | None = None, progress: bool = T
     chunk = 50
     tasks = [(plan[i:i + chunk], str(spec.audio_dir), spec.audio_dir.name)
              for i in range(0, len(plan), chunk)]
-    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(tasks)))
     rows: list[dict] = []
     ctx = mp.get_context("spawn")
     with Progress(disable=not progress, transient=False) as bar:
@@ -187,12 +188,13 @@ def build_split(spec: CorpusSpec, workers: int | None = None, progress: bool = T
 
 def ensure_split(split: str, seed: int | None = None, size: int | None = None,
                  progress: bool = True) -> Path:
-    """The manifest of a split, building it first when it is missing or fails its check."""
+    """The manifest of a split, building it first when it is missing, fails its check, or
+    was made by the older float resampler (its rows lack `pcm_sha256`)."""
     spec = CorpusSpec(split, resolve_seed(split, seed), size)
     if spec.manifest.is_file():
         try:
-            read_manifest(spec.manifest)
-            return spec.manifest
+            if all(u.pcm_sha256 for u in read_manifest(spec.manifest)):
+                return spec.manifest
         except ManifestError:
             pass  # rebuilt below
     return build_split(spec, progress=progress)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from arena.core.audio import SAMPLE_RATE
 from arena.core.hashing import sha256_file
 from arena.core.text import TextError, normalize_text
 
-SAMPLE_RATE = 16_000
 REQUIRED = ("id", "audio", "text")
 
 

@@ -75,4 +75,7 @@ class SynthClient:
 
 
 if __name__ == "__main__":
-    serve()
+    try:
+        serve()
+    except BrokenPipeError:
+        pass  # the pool worker that started us was terminated (build finished): not an error
