@@ -91,10 +91,11 @@ def secret_seed(path: Path | None = None) -> int:
     return value
 
 
-def secret_split(progress: bool = True) -> tuple[Path, str]:
-    """The secret split's manifest (built on first use) and its published id."""
+def secret_split(progress: bool = True, size: int | None = None) -> tuple[Path, str]:
+    """The secret split's manifest (built on first use; `size` utterances, default the test
+    split's) and its published id."""
     s = secret_seed()
-    return ensure_split("test", s, progress=progress), seed_tag(s)
+    return ensure_split("test", s, size=size, progress=progress), seed_tag(s)
 
 
 def _corpus_split(split: str, seed: int | None, progress: bool) -> tuple[Path, str, str]:
