@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 
 # the plugin API, imported lazily so that `import arena` stays light (no torch)
 _PLUGIN_API = ("Attack", "TargetedAttack", "Defense", "AudioBatch", "Budget", "ThreatModel",
-               "TargetModel")
+               "TargetModel", "ctc_loss", "greedy_matches", "length_mask")
 
 
 def __getattr__(name):

@@ -1,7 +1,8 @@
-import os
 
 import pytest
 import torch
+
+from arena.asr.models import TINY_CONFIG
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -15,7 +16,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tiny_net():
     from arena.asr.models import build_model
 
     torch.manual_seed(0)
-    return build_model("conformer-ctc", **TINY).eval()
+    return build_model("conformer-ctc", **TINY_CONFIG).eval()
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def tiny_model():
     from arena.asr.models import build_model
 
     torch.manual_seed(0)
-    return build_model("conformer-ctc", **TINY).eval()
+    return build_model("conformer-ctc", **TINY_CONFIG).eval()
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
-import json
 
 import pytest
 import torch
 
 from arena.asr.metrics import cer, wer
-from arena.asr.models import (ModelUnavailable, Wav2Vec2CTC, build_model, load_checkpoint,
-                              save_checkpoint)
+from arena.asr.models import ModelUnavailable, Wav2Vec2CTC, build_model, load_checkpoint, save_checkpoint
 from arena.asr.text import Tokenizer
 from arena.core.text import normalize_text
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from arena import AudioBatch, Budget, TargetModel
+from arena.asr.models import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1] / "arena" / "baselines"
 ATTACKS = ["noop", "noise", "fgsm", "pgd", "kenansville"]
 TARGETED = ["cw-targeted"]
 DEFENSES = ["none", "resample", "quantize", "lowpass", "smoothing"]
 BUDGETS = ["snr30", "linf0.003"]
-TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
+TINY = TINY_CONFIG
 
 
 def load_module(name: str):
@@ -116,8 +117,6 @@ def test_noise_fills_the_budget_and_is_seeded(budget_id, net, batch):
 
 @pytest.mark.parametrize("budget_id", BUDGETS)
 def test_gradient_attacks_raise_the_loss(budget_id, net, batch):
-    budget = Budget.parse(budget_id)
-
     def loss(name):
         adv = attack_run(name, budget_id, net, batch)[0]
         return TargetModel(net).loss(adv, batch.lengths, batch.transcripts).detach()

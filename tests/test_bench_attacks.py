@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from arena import AudioBatch, Budget, TargetModel
+from arena.asr.models import TINY_CONFIG
 
-TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
+TINY = TINY_CONFIG
 TINY_W2V = dict(encoder_embed_dim=32, encoder_num_layers=1, encoder_num_heads=2,
                 encoder_ff_interm_features=64, encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4,
                 extractor_conv_layer_config=[(16, 10, 5), (16, 3, 2), (16, 2, 2)])

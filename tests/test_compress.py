@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from arena.compress import (CompressedConv1d, CompressedLinear, CompressionConfig, Gradual,
-                            OneShot, compress_, compression_hooks, parse_recipe, recipe_name,
-                            update_masks)
+from arena.compress import (
+    CompressedConv1d,
+    CompressedLinear,
+    CompressionConfig,
+    Gradual,
+    OneShot,
+    compress_,
+    compression_hooks,
+    parse_recipe,
+    recipe_name,
+    update_masks,
+)
 from arena.compress.algorithms import ALGORITHMS, build_algorithm, masked_weight
-from arena.compress.masks import (global_magnitude_masks, group_view, nm_mask, random_mask,
-                                  unstructured_mask)
+from arena.compress.masks import global_magnitude_masks, group_view, nm_mask, random_mask, unstructured_mask
 from arena.compress.quant import QuantSpec, dequantize, fake_quant, num_levels, quantize
 from arena.compress.schedules import nm_at
 
@@ -28,11 +36,10 @@ def _one_thread():
 
 
 def tiny_model():
-    from arena.asr.models import build_model
+    from arena.asr.models import TINY_CONFIG, build_model
 
     torch.manual_seed(0)
-    return build_model("conformer-ctc", d_model=32, num_layers=1, num_heads=2, ffn_dim=64,
-                       conv_kernel=7).eval()
+    return build_model("conformer-ctc", **TINY_CONFIG).eval()
 
 
 # ------------------------------------------------------------------ masks

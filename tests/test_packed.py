@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from arena.compress import ZOO_RECIPES, compress_, parse_recipe
-from arena.compress.masks import nm_mask, unstructured_mask
 from arena.asr.models import build_model
-from arena.compress.packed import (decode_nm, encode_nm, export_packed, load_packed, pack_bits,
-                                   read_header, size_report, unpack_bits)
-
+from arena.compress import ZOO_RECIPES, compress_, parse_recipe
+from arena.compress.masks import nm_mask
+from arena.compress.packed import (
+    decode_nm,
+    encode_nm,
+    export_packed,
+    load_packed,
+    pack_bits,
+    read_header,
+    size_report,
+    unpack_bits,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

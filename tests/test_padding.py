@@ -3,8 +3,8 @@ alone vs inside a batch padded to 3x its length (issue: the padding-invariant mo
 import pytest
 import torch
 
-from arena.data.batching import AudioSet
 from arena.core.audio import pad_waves
+from arena.data.batching import AudioSet
 from arena.data.corpus import DEFAULT_SEED, ensure_split
 from arena.zoo.registry import available, load_model
 

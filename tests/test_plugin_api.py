@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from arena.plugins.api import TargetModel
 from arena.core.audio import AudioBatch
 from arena.core.budget import Budget, ThreatModel, quantize_int16
+from arena.plugins.api import TargetModel
 
 
 def _clean(B=3, T=8000, seed=0):
@@ -125,3 +125,45 @@ def test_unchanged_16_bit_audio_passes_projection_unchanged(budget_id):
     clean[1, 3000:] = 0
     out = Budget.parse(budget_id).project(clean, clean.clone(), lengths)
     assert torch.equal(out, clean)
+
+
+SEEDED = '''
+from arena import Attack, Defense
+
+class A(Attack):
+    def run(self, batch, model, budget):
+        return batch.wave + self.seed * 2.0 ** -15   # one int16 step per unit of seed
+
+class D(Defense):
+    def transcribe(self, batch, model):
+        return ["a" * self.seed] * len(batch)
+'''
+
+
+@pytest.mark.parametrize("track", ["attack", "defense"])
+def test_the_harness_gives_plugins_the_job_seed(track, tmp_path):
+    """README: `self.seed` is set. The worker sets it from the job's seed, in the sandbox."""
+    from arena.asr.models import TINY_CONFIG, build_model, save_checkpoint
+    from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
+    from arena.submissions.manifest import plugin_spec
+
+    folder = tmp_path / "seeded"
+    folder.mkdir()
+    entry = "plugin:A" if track == "attack" else "plugin:D"
+    (folder / "submission.toml").write_text(f'name = "seeded"\ntrack = "{track}"\nentry = "{entry}"\n'
+                                            'authors = ["t"]\nversion = "1"\n')
+    (folder / "plugin.py").write_text(SEEDED)
+    torch.manual_seed(0)
+    model_path = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("conformer-ctc", **TINY_CONFIG), model_path)
+    clean, lengths = _clean(B=2)
+    batch = AudioBatch(["u1", "u2"], clean, lengths, transcripts=["hello", "world"])
+    limits = SandboxLimits(wall_s=60)
+    if track == "attack":
+        r = run_attack_job(plugin_spec(folder), model_path, [batch], "snr30", seed=7, limits=limits)
+        assert r.status == "ok", r.error
+        assert torch.allclose(r.batches[0].adv - clean, torch.full_like(clean, 7 * 2.0 ** -15), atol=1e-6)
+    else:
+        r = run_defense_job(plugin_spec(folder), model_path, [batch], seed=3, limits=limits)
+        assert r.status == "ok", r.error
+        assert r.batches[0].transcripts == ["aaa", "aaa"]

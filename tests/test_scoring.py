@@ -3,8 +3,8 @@ import multiprocessing as mp
 
 import pytest
 
-from arena.leaderboard.build import build
 from arena.leaderboard import formulas
+from arena.leaderboard.build import build
 from arena.score.store import ResultsStore
 
 

@@ -3,11 +3,10 @@ import json
 import numpy as np
 import torch
 
+from arena.asr.models import TINY_CONFIG as TINY
 from arena.asr.models import build_model
 from arena.asr.train import TrainConfig, _speed_perturb, distill_loss, lr_at, train
 from arena.data.batching import AudioSet
-
-from conftest import TINY
 
 
 def _toy_set(n=12):
@@ -47,8 +46,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     state = train(resumed, data, cfg, tmp_path / "b", progress=False, log=logs.append)
     assert state.step == 6 and any("resumed" in line and "step 4" in line for line in logs)
     assert torch.allclose(_params(straight), _params(resumed), atol=1e-6)
-    lines = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(l["loss"]) for l in lines)
+    records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
 
 
 def test_training_reduces_loss(tmp_path):

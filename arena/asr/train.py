@@ -8,19 +8,19 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchaudio
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from arena.asr.ctc import ctc_loss as ctc_from_log_probs
 from arena.asr.evaluate import evaluate
 from arena.asr.models import ASRModel
-from arena.core.audio import pad_waves
+from arena.core.audio import length_mask, pad_waves
 from arena.data.batching import AudioSet, length_batches
 
 
@@ -67,10 +67,7 @@ def ctc_loss(model: ASRModel, wave, lengths, texts, reduction="mean"):
 
 def _ctc(model, log_probs, out_lengths, texts, reduction="mean"):
     targets, target_lengths = model.tokenizer.encode_batch(texts)
-    device = log_probs.device
-    return F.ctc_loss(log_probs.transpose(0, 1), targets.to(device), out_lengths,
-                      target_lengths.to(device), blank=0, reduction=reduction,
-                      zero_infinity=True)
+    return ctc_from_log_probs(log_probs, out_lengths, targets, target_lengths, reduction)
 
 
 def distill_loss(student_log_probs, teacher_log_probs, out_lengths):
@@ -78,7 +75,7 @@ def distill_loss(student_log_probs, teacher_log_probs, out_lengths):
     whole posterior (blank included) is a denser target than the transcript alone, which
     helps a compressed student recover its dense teacher's accuracy (Hinton et al. 2015)."""
     kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)  # (B, T)
-    mask = torch.arange(kl.shape[1], device=kl.device)[None, :] < out_lengths[:, None]
+    mask = length_mask(out_lengths.to(kl.device), kl.shape[1])
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -113,7 +110,7 @@ def _augment(wave, lengths, rng: np.random.Generator, cfg: TrainConfig):
         power = wave.pow(2).sum(1, keepdim=True) / lengths[:, None].clamp_min(1)
         scale = torch.sqrt(power / torch.from_numpy(10 ** (snr / 10)).to(wave.device))
         noise = torch.randn(wave.shape, generator=None, device=wave.device) * scale
-        mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        mask = length_mask(lengths.to(wave.device), wave.shape[1])
         wave = wave + noise * torch.from_numpy(use).to(wave.device) * mask
     return wave, lengths
 

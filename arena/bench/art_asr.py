@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from art.estimators.pytorch import PyTorchEstimator
 from art.estimators.speech_recognition.speech_recognizer import (
     PytorchSpeechRecognizerMixin,
     SpeechRecognizerMixin,
 )
+
+from arena.asr.ctc import ctc_loss
+from arena.core.audio import SAMPLE_RATE
 
 __all__ = ["ArenaSpeechRecognizer"]
 
@@ -84,9 +86,7 @@ class ArenaSpeechRecognizer(PytorchSpeechRecognizerMixin, SpeechRecognizerMixin,
 
     def _ctc(self, log_probs, out_lengths, y, reduction: str):
         ids, id_lengths = self.tokenizer.encode_batch([str(t) for t in y])
-        return F.ctc_loss(log_probs.transpose(0, 1), ids.to(self._device), out_lengths,
-                          id_lengths.to(self._device), blank=0, reduction=reduction,
-                          zero_infinity=True)
+        return ctc_loss(log_probs, out_lengths, ids, id_lengths, reduction)
 
     # ------------------------------------------------------------ ART interface
     def predict(self, x: np.ndarray, batch_size: int = 128, **kwargs) -> np.ndarray:
@@ -157,7 +157,7 @@ class ArenaSpeechRecognizer(PytorchSpeechRecognizerMixin, SpeechRecognizerMixin,
 
     @property
     def sample_rate(self) -> int:
-        return 16_000
+        return SAMPLE_RATE
 
     @property
     def input_shape(self):

@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from arena.core.audio import SAMPLE_RATE
 from arena.zoo.fast import cuda_available, to_fast_device
 from arena.zoo.registry import DENSE, available, load_model, resolve
 
@@ -60,7 +61,7 @@ def bench_models(names_or_paths, device=None, batch: int = 8, seconds: float = 1
     if not names:
         raise FileNotFoundError("no models to benchmark (the zoo is empty)")
     gen = torch.Generator().manual_seed(seed)
-    n = int(seconds * 16000)
+    n = int(seconds * SAMPLE_RATE)
     wave = (0.1 * torch.randn(batch, n, generator=gen)).to(device)
     lengths = torch.full((batch,), n, dtype=torch.long, device=device)
     cuda = device.type == "cuda"

@@ -108,7 +108,7 @@ class CompressionConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CompressionConfig":
+    def from_dict(cls, d: dict) -> CompressionConfig:
         d = dict(d)
         d["schedule"] = schedule_from_dict(d.get("schedule"))
         return cls(**d)
@@ -214,7 +214,8 @@ class _Compressed:
     def extra_repr(self) -> str:
         q = "fp16" if self.quant is None else f"int{self.quant.bits}" + (
             f"-{self.quant.int2_mode}" if self.quant.bits == 2 else "")
-        sp = f", {self.n}:{self.m}" if self.n else (f", sparsity={self.sparsity_target}" if self.sparsity_target else "")
+        sp = (f", {self.n}:{self.m}" if self.n
+              else f", sparsity={self.sparsity_target}" if self.sparsity_target else "")
         return super().extra_repr() + f", {q}{sp}, grad={self.grad_mode}"
 
 

@@ -178,7 +178,6 @@ def export_packed(model: nn.Module, path, name: str | None = None, recipe: str |
     config's leftover dtype, so the model in memory stays numerically identical to the file.
     `extra` adds metadata fields (strings, or JSON-encoded values), e.g. test_wer.
     """
-
     cfg: CompressionConfig = getattr(model, "compression_config", None) or CompressionConfig()
     recipe = recipe or recipe_name(cfg)
     name = name or recipe
@@ -334,7 +333,6 @@ def load_packed(path, build: ModelBuilder, device="cpu"):
     for k in json.loads(meta["skipped"]):
         new[k] = sd[k]
     model.load_state_dict(new, strict=True)
-    model.packed_metadata = meta
     return model.to(device).eval()
 
 

@@ -48,10 +48,6 @@ class QuantSpec:
     def mode(self) -> str:
         return self.int2_mode if self.bits == 2 else "int"
 
-    @property
-    def code_bits(self) -> int:
-        return self.bits
-
     def code_offset(self) -> int:
         """Added to a code to make it a non-negative integer for bit packing."""
         return 2 if self.mode == "four-level" else (1 if self.mode == "ternary" else 2 ** (self.bits - 1))

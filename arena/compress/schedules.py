@@ -25,7 +25,7 @@ class OneShot:
     def is_update_step(self, t: int) -> bool:
         return t == self.step
 
-    def resolved(self, total_steps: int) -> "OneShot":
+    def resolved(self, total_steps: int) -> OneShot:
         return self
 
 
@@ -67,7 +67,7 @@ class Gradual:
             raise ValueError("Gradual.end is unset: call resolved(total_steps) first")
         return self.start <= t <= self.end and ((t - self.start) % self.every == 0 or t == self.end)
 
-    def resolved(self, total_steps: int) -> "Gradual":
+    def resolved(self, total_steps: int) -> Gradual:
         if self.end is not None:
             return self
         end = max(self.start + 1, int(0.75 * total_steps))

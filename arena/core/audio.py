@@ -67,6 +67,6 @@ class AudioBatch:
     def __len__(self) -> int:
         return self.wave.shape[0]
 
-    def to(self, device) -> "AudioBatch":
+    def to(self, device) -> AudioBatch:
         return AudioBatch(list(self.ids), self.wave.to(device), self.lengths.to(device),
                           self.transcripts, self.targets)

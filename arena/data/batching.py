@@ -26,7 +26,7 @@ class AudioSet:
     def durations(self) -> np.ndarray:
         return np.array([len(a) / SAMPLE_RATE for a in self.audio])
 
-    def subset(self, idx) -> "AudioSet":
+    def subset(self, idx) -> AudioSet:
         idx = list(idx)
         return AudioSet([self.ids[i] for i in idx], [self.texts[i] for i in idx],
                         [self.audio[i] for i in idx])
@@ -35,8 +35,7 @@ class AudioSet:
         return self.audio[i].astype(np.float32) / 32768.0  # the int16 grid soundfile reads
 
     @classmethod
-    def from_utterances(cls, utts: list[Utterance], progress: bool = False) -> "AudioSet":
-
+    def from_utterances(cls, utts: list[Utterance], progress: bool = False) -> AudioSet:
         audio = []
         for u in track(utts, description="loading audio", disable=not progress):
             w = load_audio(u, verify=True)
@@ -44,7 +43,7 @@ class AudioSet:
         return cls([u.id for u in utts], [u.text for u in utts], audio)
 
     @classmethod
-    def from_manifest(cls, path, limit: int | None = None, progress: bool = False) -> "AudioSet":
+    def from_manifest(cls, path, limit: int | None = None, progress: bool = False) -> AudioSet:
         utts = read_manifest(path)
         return cls.from_utterances(utts[:limit] if limit else utts, progress=progress)
 

@@ -102,7 +102,7 @@ def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_
         if c["metrics"].get("track", "attack") == "attack":
             groups[(c["defense"], c["model"], c["budget"])].append(c)
     robust = defaultdict(list)
-    for (defense, model, budget), cells in groups.items():
+    for (defense, _model, _budget), cells in groups.items():
         robust[defense].append(worst_case_wer(cells))
     out = []
     for defense, values in robust.items():
@@ -132,7 +132,7 @@ def worst_case_wer(cells: list[dict]) -> float:
 
 def model_robustness(rows: list[dict], defense: str = NO_DEFENSE) -> list[dict]:
     """ΔWER of each untargeted attack on each model without defense (mean over budgets)."""
-    table = defaultdict(lambda: defaultdict(list))
+    table: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["defense"] == defense and r["track"] == "attack":
             table[r["attack"]][r["model"]].append(r["delta_wer"])
@@ -143,7 +143,8 @@ def model_robustness(rows: list[dict], defense: str = NO_DEFENSE) -> list[dict]:
 def transfer_table(transfer_cells, clean_cells) -> list[dict]:
     """ΔWER on each model of audio crafted against the source (dense) model, no defense."""
     clean = _clean_index(clean_cells)
-    table = defaultdict(lambda: defaultdict(list))
+    table: defaultdict[tuple[str, str], defaultdict[str, list[float]]] = \
+        defaultdict(lambda: defaultdict(list))
     for c in transfer_cells:
         base = clean.get((NO_DEFENSE, c["model"]))
         if base is not None:
@@ -154,7 +155,7 @@ def transfer_table(transfer_cells, clean_cells) -> list[dict]:
 
 def budget_curve(rows: list[dict], defense: str = NO_DEFENSE) -> dict[str, dict[str, float]]:
     """attack -> budget -> mean ΔWER over models (for ΔWER-versus-budget plots)."""
-    acc = defaultdict(lambda: defaultdict(list))
+    acc: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["defense"] == defense:
             acc[r["attack"]][r["budget"]].append(r["delta_wer"])

@@ -2,7 +2,8 @@
 the in-sandbox loader (loader). Importing this package does not import torch."""
 from __future__ import annotations
 
-_API = ("AudioBatch", "Attack", "TargetedAttack", "Defense", "TargetModel", "Budget", "ThreatModel")
+_API = ("AudioBatch", "Attack", "TargetedAttack", "Defense", "TargetModel", "Budget", "ThreatModel",
+        "ctc_loss", "greedy_matches", "length_mask")
 
 __all__ = list(_API)
 

@@ -2,18 +2,19 @@
 
 A submission's entry class subclasses `Attack`, `TargetedAttack` or `Defense`; the sandbox
 worker instantiates it with no arguments (the harness sets `self.effort`, "quick" or
-"full", before the first call) and calls it once per batch with a `TargetModel`.
+"full", and `self.seed`, the scoring run's seed, before the first call) and calls it once
+per batch with a `TargetModel`.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from arena.core.audio import SAMPLE_RATE, AudioBatch
+from arena.asr.ctc import ctc_loss, greedy_matches
+from arena.core.audio import SAMPLE_RATE, AudioBatch, length_mask
 from arena.core.budget import Budget, ThreatModel
 
 __all__ = ["AudioBatch", "Budget", "ThreatModel", "TargetModel", "Attack", "TargetedAttack",
-           "Defense", "BASES"]
+           "Defense", "BASES", "ctc_loss", "greedy_matches", "length_mask"]
 
 
 class TargetModel:
@@ -61,9 +62,7 @@ class TargetModel:
         """CTC loss per utterance (B,), differentiable in wave."""
         log_probs, out_lengths = self.log_probs(wave, lengths)
         targets, target_lengths = self.tokenizer.encode_batch(list(transcripts))
-        return F.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device),
-                          out_lengths, target_lengths.to(self.device), blank=0,
-                          reduction="none", zero_infinity=True)
+        return ctc_loss(log_probs, out_lengths, targets, target_lengths)
 
     def gradient(self, wave, lengths, transcripts: list[str]) -> torch.Tensor:
         """d sum(loss) / d wave, shaped like wave (one forward + one backward)."""
@@ -89,6 +88,7 @@ class Attack:
 
     track = "attack"
     effort = "full"   # set by the harness: "quick" or "full"; scale iteration counts by it
+    seed = 0          # set by the harness: the scoring run's seed, for the plugin's own RNGs
 
     def run(self, batch: AudioBatch, model: TargetModel, budget: Budget) -> torch.Tensor:
         raise NotImplementedError
@@ -105,6 +105,7 @@ class Defense:
 
     track = "defense"
     effort = "full"
+    seed = 0
 
     def purify(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return wave

@@ -7,9 +7,9 @@ import sys
 from arena.plugins.api import BASES
 
 
-def load_plugin(folder: str, module: str, class_name: str, track: str, effort: str):
+def load_plugin(folder: str, module: str, class_name: str, track: str, effort: str, seed: int = 0):
     """Import `module` from `folder` and make one instance of its entry class, checking that
-    it subclasses the base class of its track."""
+    it subclasses the base class of its track; set its `effort` and `seed` (the job's)."""
     sys.path.insert(0, folder)
     loaded = importlib.import_module(module)
     cls = getattr(loaded, class_name, None)
@@ -21,4 +21,5 @@ def load_plugin(folder: str, module: str, class_name: str, track: str, effort: s
                         f"for track {track!r}")
     plugin = cls()
     plugin.effort = effort
+    plugin.seed = int(seed)
     return plugin

@@ -67,7 +67,7 @@ def main(jobdir: str) -> int:
             _drop_privileges(int(job["drop_uid"]))
         # -------- from here on, submission code runs (unprivileged)
         plugin = load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
-                             job["track"], job.get("effort", "full"))
+                             job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         _write_json(status_path, status)

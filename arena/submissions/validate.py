@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from arena.asr.models import build_model, save_checkpoint
-from arena.core.audio import AudioBatch
+from arena.asr.models import TINY_CONFIG, build_model, save_checkpoint
+from arena.core.audio import SAMPLE_RATE, AudioBatch
 from arena.core.budget import Budget
 from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
 from arena.submissions.manifest import SubmissionError, SubmissionManifest, load_manifest
@@ -24,7 +24,6 @@ VALIDATION_BUDGET = "snr30"
 OVERSHOOT_TOLERANCE = 1.01
 TRANSCRIPTS = ["open the door", "play some music", "call mom"]
 TARGETS = ["turn off the lights", "stop", "what time is it"]
-TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 
 
 @dataclass
@@ -45,8 +44,8 @@ def synthetic_batches(with_targets: bool = False, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     waves = []
     for i, seconds in enumerate((1.5, 0.5, 1.0)):
-        n = int(16_000 * seconds)
-        t = torch.arange(n) / 16_000
+        n = int(SAMPLE_RATE * seconds)
+        t = torch.arange(n) / SAMPLE_RATE
         w = sum(torch.sin(2 * math.pi * f * t + float(torch.rand(1, generator=g)) * 6.28)
                 for f in (180.0 * (i + 1), 440.0, 1200.0 + 300 * i))
         w = w / 3 * 0.3 + 0.05 * torch.randn(n, generator=g)
@@ -69,12 +68,12 @@ def tiny_model_file(folder) -> Path:
 
     torch.manual_seed(0)
     path = Path(folder) / "tiny-model.safetensors"
-    save_checkpoint(build_model("conformer-ctc", **TINY), path)
+    save_checkpoint(build_model("conformer-ctc", **TINY_CONFIG), path)
     return path
 
 
 def _first_lines(text: str, n: int = 12) -> str:
-    lines = [l for l in (text or "").strip().splitlines() if l.strip()]
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return "\n".join(lines[:1] + (["  ..."] if len(lines) > n else []) + lines[1:][-(n - 1):])
 
 
@@ -94,8 +93,8 @@ def validate(path, *, wall_s: float = 120, trusted: bool = False, device: str = 
         model_path = tiny_model_file(tmp)
         batches = synthetic_batches(with_targets=manifest.track == "targeted-attack")
         if manifest.is_attack:
-            result = run_attack_job(manifest.spec(), model_path, batches, budget, device=device, limits=limits,
-                                    trusted=trusted, effort="quick")
+            result = run_attack_job(manifest.spec(), model_path, batches, budget, device=device,
+                                    limits=limits, trusted=trusted, effort="quick")
         else:
             result = run_defense_job(manifest.spec(), model_path, batches, device=device, limits=limits,
                                      trusted=trusted, effort="quick")

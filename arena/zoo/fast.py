@@ -81,7 +81,6 @@ def to_fast_device(model_or_path, device="cuda", dtype=torch.bfloat16, sparse: b
     if device.type != "cuda" or not cuda_available():
         model = model.to(device).eval()
         model.fast_paths = {}
-        model.fast_dtype = torch.float32
         return model
     model = model.to(device).eval()
     for name, child in model.named_children():
@@ -103,5 +102,4 @@ def to_fast_device(model_or_path, device="cuda", dtype=torch.bfloat16, sparse: b
 
     model.forward = fast_forward
     model.fast_paths = paths
-    model.fast_dtype = dtype
     return model

@@ -21,9 +21,8 @@ Cost per batch (forward + backward passes): at most 100 (quick) / 500 (full), pl
 final forward.
 """
 import torch
-import torch.nn.functional as F
 
-from arena import TargetedAttack, ThreatModel
+from arena import TargetedAttack, ThreatModel, ctc_loss, greedy_matches
 
 STEPS = {"quick": 100, "full": 500}
 LR = {"quick": 0.5, "full": 0.05}
@@ -31,28 +30,8 @@ C = 0.05
 CHECK_EVERY = 5
 
 
-def greedy_matches(log_probs, out_lengths, ids, id_lengths, blank: int = 0):
-    """(B,) bool: the greedy CTC decode of each row equals its id sequence; on device."""
-    best = log_probs.argmax(-1)
-    B, T = best.shape
-    dev = best.device
-    valid = torch.arange(T, device=dev)[None, :] < out_lengths.to(dev)[:, None]
-    prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=best.dtype), best[:, :-1]], 1)
-    keep = valid & (best != blank) & (best != prev)
-    count = keep.sum(1)
-    pos = torch.where(keep, keep.cumsum(1) - 1, torch.full_like(best, T))
-    collapsed = torch.full((B, T + 1), -1, device=dev, dtype=best.dtype).scatter_(1, pos, best)
-    S = ids.shape[1]
-    if S > T:
-        collapsed = F.pad(collapsed, (0, S - T), value=-1)
-    inside = torch.arange(S, device=dev)[None, :] < id_lengths.to(dev)[:, None]
-    same = ((collapsed[:, :S] == ids.to(dev)) | ~inside).all(1)
-    return same & (count == id_lengths.to(dev))
-
-
 class CWTargeted(TargetedAttack):
     track = "targeted-attack"
-    seed = 0
 
     def run(self, batch, model, budget):
         effort = getattr(self, "effort", "full")
@@ -61,7 +40,7 @@ class CWTargeted(TargetedAttack):
         wave = batch.wave.to(dev, torch.float32)
         lengths = batch.lengths.to(dev)
         B, T = wave.shape
-        mask = (torch.arange(T, device=dev)[None, :] < lengths[:, None]).to(wave.dtype)
+        mask = batch.mask.to(dev)
         ids, id_lengths = model.tokenizer.encode_batch(list(batch.targets))
         ids, id_lengths = ids.to(dev), id_lengths.to(dev)
         l2 = budget.threat == ThreatModel.SNR
@@ -84,8 +63,7 @@ class CWTargeted(TargetedAttack):
         def evaluate(w):
             delta = w * scale * mask
             lp, out_len = model.log_probs((wave + delta).clamp(-1.0, 1.0), lengths)
-            ctc = F.ctc_loss(lp.transpose(0, 1), ids, out_len, id_lengths, blank=0,
-                             reduction="none", zero_infinity=True)
+            ctc = ctc_loss(lp, out_len, ids, id_lengths)
             return delta, lp, out_len, ctc
 
         w = torch.zeros(B, T, device=dev, dtype=wave.dtype, requires_grad=True)

@@ -36,16 +36,12 @@ rounding.
 Cost per batch (forward + backward passes): quick 10 steps, full 100 steps; the random start
 costs nothing.
 """
-import math
-
+import foolbox
 import torch
-import torch.nn.functional as F
+from foolbox.attacks import L2PGD, LinfPGD
 from torch import nn
 
-import foolbox
-from foolbox.attacks import L2PGD, LinfPGD
-
-from arena import Attack, ThreatModel
+from arena import Attack, ThreatModel, ctc_loss, greedy_matches
 
 STEPS = {"quick": 10, "full": 100}
 REL_STEPSIZE = {"quick": 0.25, "full": 0.1}
@@ -62,27 +58,6 @@ def _tokenizer(model):
         from arena.asr.text import Tokenizer
         tok = Tokenizer()
     return tok
-
-
-def greedy_matches(log_probs, out_lengths, ids, id_lengths, blank: int = 0):
-    """(B,) bool: the greedy CTC decode of each row equals its id sequence; on device."""
-    best = log_probs.argmax(-1)
-    B, T = best.shape
-    dev = best.device
-    valid = torch.arange(T, device=dev)[None, :] < out_lengths.to(dev)[:, None]
-    prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=best.dtype), best[:, :-1]], 1)
-    keep = valid & (best != blank) & (best != prev)
-    count = keep.sum(1)
-    pos = torch.where(keep, keep.cumsum(1) - 1, torch.full_like(best, T))
-    collapsed = torch.full((B, T + 1), -1, device=dev, dtype=best.dtype).scatter_(1, pos, best)
-    S = ids.shape[1]
-    if S > T:
-        collapsed = F.pad(collapsed, (0, S - T), value=-1)
-    ids = ids.to(dev)
-    id_lengths = id_lengths.to(dev)
-    inside = torch.arange(S, device=dev)[None, :] < id_lengths[:, None]
-    same = ((collapsed[:, :S] == ids) | ~inside).all(1)
-    return same & (count == id_lengths)
 
 
 class CTCLabels(foolbox.criteria.Misclassification):
@@ -130,8 +105,7 @@ class _CTCMixin:
 
         def loss_fn(inputs):
             log_probs = model(inputs).raw  # foolbox model -> eagerpy tensor; unwrap to torch
-            loss = F.ctc_loss(log_probs.transpose(0, 1), ids, out_lengths, label_lengths,
-                              blank=0, reduction="sum", zero_infinity=True)
+            loss = ctc_loss(log_probs, out_lengths, ids, label_lengths, reduction="sum")
             return type(inputs)(loss)  # back to an eagerpy tensor of the same backend
 
         return loss_fn
@@ -151,7 +125,6 @@ class _CTCLinfPGD(_CTCMixin, LinfPGD):
 
 class PGD(Attack):
     track = "attack"
-    seed = 0
 
     def run(self, batch, model, budget):
         effort = getattr(self, "effort", "full")
@@ -160,8 +133,8 @@ class PGD(Attack):
         dev = torch.device(model.device)
         wave = batch.wave.to(dev, torch.float32)
         lengths = batch.lengths.to(dev)
-        B, T = wave.shape
-        mask = (torch.arange(T, device=dev)[None, :] < lengths[:, None]).to(wave.dtype)
+        B = wave.shape[0]
+        mask = batch.mask.to(dev)
         ids, id_lengths = _tokenizer(model).encode_batch(list(batch.transcripts))
         ids, id_lengths = ids.to(dev), id_lengths.to(dev)
         with torch.no_grad():
