@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena.cli import main
 from arena.core import paths
+from arena.cli import main
 from arena.submissions.manifest import SubmissionError, content_hash, load_manifest, parse_manifest
 from arena.submissions.submit import submit, unpack
 from arena.submissions.validate import validate
@@ -28,8 +28,7 @@ def write_sub(folder: Path, code: str, track="attack", name="sub-x", module="plu
     return folder
 
 
-OK_ATTACK = ("from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n"
-             "        return batch.wave\n")
+OK_ATTACK = "from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n        return batch.wave\n"
 
 
 @pytest.fixture
@@ -47,7 +46,16 @@ def arena_dirs(tmp_path, monkeypatch):
     ("track", "attacks", "field 'track' must be one of attack, targeted-attack, defense"),
     ("entry", "attack.MyPGD", "field 'entry'"), ("authors", [], "field 'authors'"),
     ("authors", "Ada", "field 'authors'"), ("version", 1, "field 'version'"),
-    ("limits", {"gpus": 2}, "field 'limits'"), ("colour", "red", "unknown field 'colour'")])
+    ("limits", {"gpus": 2}, "field 'limits'"), ("colour", "red", "unknown field 'colour'"),
+    # hostile values (issue 14): a trailing newline passed ^...$ and showed as a second
+    # leaderboard row; nan passed "x <= 0" and crashed the sandbox in int(nan)
+    ("name", "my-pgd\n", "field 'name'"), ("entry", "attack:MyPGD\n", "field 'entry'"),
+    ("limits", {"wall_s": float("nan")}, "field 'limits' key 'wall_s' must be a finite number"),
+    ("limits", {"memory_mb": float("inf")}, "field 'limits' key 'memory_mb' must be an integer"),
+    ("limits", {"max_procs": True}, "field 'limits' key 'max_procs' must be an integer"),
+    ("authors", ["Ada\x1b[2J"], "field 'authors' entry 0 must not contain control characters"),
+    ("version", "1" * 41, "field 'version' must be at most 40 characters"),
+    ("track", ["attack"], "field 'track' must be one of")])
 def test_manifest_errors_name_the_field(field, value, words):
     with pytest.raises(SubmissionError, match="submission.toml: .*" + words.replace("(", r"\(")):
         parse_manifest({**GOOD, field: value})
@@ -74,6 +82,20 @@ def test_content_hash_ignores_pycache_and_record(tmp_path):
     assert content_hash(d) == h
     (d / "plugin.py").write_text(OK_ATTACK + "# changed\n")
     assert content_hash(d) != h
+    # every file the sandbox receives is hashed, whatever its suffix (before: *.pyo was
+    # copied into the sandbox but not hashed, so editing it reused stale cells)
+    h = content_hash(d)
+    (d / "table.pyo").write_bytes(b"a")
+    h_pyo = content_hash(d)
+    (d / "table.pyo").write_bytes(b"b")
+    assert len({h, h_pyo, content_hash(d)}) == 3
+    # no two trees hash alike: file bytes cannot pose as a path (each file is its own digest)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_bytes(b"1\0y\0" + b"2")
+    (b / "x").write_bytes(b"1")
+    (b / "y").write_bytes(b"2")
+    assert content_hash(a) != content_hash(b)
 
 
 # ------------------------------------------------------------------ validate
@@ -196,6 +218,23 @@ def test_unsafe_zip_archives_are_refused(tmp_path, arena_dirs):
     res = CliRunner().invoke(main, ["submit", str(bomb), "--max-unpacked-mb", "10"])
     assert res.exit_code != 0 and "more than 10 MB" in res.output
     assert not (tmp_path / "evil.py").exists() and not list(arena_dirs[0].glob("*"))
+
+
+def test_zip_folders_count_and_directory_is_capped(tmp_path):
+    # 1,500 files, each in its own folder: 3,000 entries (before: counted as 1,500, accepted)
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(1500):
+            z.writestr(f"d{i}/x.py", "")
+    with pytest.raises(SubmissionError, match=r"more than 2000 files and folders \(folders count\)"):
+        unpack(many, tmp_path / "o1")
+    # a central directory stating more entries than allowed is refused before zipfile reads it
+    listed = tmp_path / "listed.zip"
+    with zipfile.ZipFile(listed, "w") as z:
+        for i in range(2100):
+            z.writestr(f"f{i}", "")
+    with pytest.raises(SubmissionError, match=r"listed\.zip: archive lists 2100 entries"):
+        unpack(listed, tmp_path / "o2")
 
 
 def test_zip_bomb_with_lying_sizes_is_counted_while_extracting(tmp_path):

@@ -2,7 +2,7 @@
 one record per result, the tables a render of those records)."""
 from __future__ import annotations
 
-from arena.leaderboard import formulas
+from arena.leaderboard import formulas, safe_text
 
 
 def latest(cells: list[dict]) -> list[dict]:
@@ -32,7 +32,7 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
     clean_table = sorted(({"model": c["model"], "defense": c["defense"],
                            "clean_wer": formulas.cell_wer(c), "error": c["error"]}
                           for c in by_kind["clean"]), key=lambda r: (r["model"], r["defense"]))
-    attack_errors: dict[str, set[str]] = {}
+    attack_errors = {}
     for c in by_kind["attack"]:
         if c["error"]:
             attack_errors.setdefault(c["attack"], set()).add(c["error"][:300])
@@ -40,7 +40,8 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
     targeted = formulas.targeted_attack_scores(rows)
     for r in attacks + targeted:
         r["errors"] = sorted(set(r["errors"]) | attack_errors.get(r["name"], set()))
-    return {
+    # errors carry tracebacks and folders: the machine's paths become placeholders
+    return safe_text.redact_tree({
         "scope": {**scope, "n_utterances": run.get("n_utterances"), "budgets": run.get("budgets"),
                   "device": run.get("device"), "models": run.get("models")},
         "attacks": attacks,
@@ -53,4 +54,4 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
         "cells": rows,
         "report": meta.get("last_run_report", {}),
         "not_scored": run.get("problems", []),
-    }
+    })

@@ -1,7 +1,6 @@
 """Rendering a built leaderboard: rich terminal tables, CSV/JSON files, static HTML page."""
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -9,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from arena.leaderboard import safe_text
 
 
 def _fmt(v, digits=3):
@@ -43,15 +45,17 @@ def scope_line(board: dict) -> str:
 
 
 def print_terminal(board: dict, console=None) -> None:
-
+    # every cell is a rich Text: plugin text (errors) is never parsed as markup, and its
+    # control characters are shown, not sent to the terminal
+    cell = safe_text.rich_text
     console = console or Console()
-    console.print(f"[bold]ASR Arena leaderboard[/bold] — {scope_line(board)}")
+    console.print(f"[bold]ASR Arena leaderboard[/bold] — {safe_text.markup(scope_line(board))}")
     for key, cols in TRACK_COLUMNS.items():
         table = Table(title=TRACK_TITLES[key], title_justify="left")
         for c in cols:
             table.add_column(c)
         for r in board[key]:
-            table.add_row(*[_fmt(r.get(c)) for c in cols])
+            table.add_row(*[cell(_fmt(r.get(c))) for c in cols])
         console.print(table)
     if board["model_robustness"]:
         models = sorted({k for r in board["model_robustness"] for k in r if k != "attack"})
@@ -59,12 +63,12 @@ def print_terminal(board: dict, console=None) -> None:
                       title_justify="left")
         table.add_column("attack")
         for m in models:
-            table.add_column(m)
+            table.add_column(cell(m))
         for r in board["model_robustness"]:
-            table.add_row(r["attack"], *[_fmt(r.get(m)) for m in models])
+            table.add_row(cell(r["attack"]), *[cell(_fmt(r.get(m))) for m in models])
         console.print(table)
     for problem in board.get("not_scored", []):
-        console.print(f"[red]not scored[/red]: {problem}")
+        console.print(Text.assemble(("not scored", "red"), ": ", cell(problem)))
 
 
 def write_files(board: dict, out_dir) -> list[Path]:
@@ -74,7 +78,7 @@ def write_files(board: dict, out_dir) -> list[Path]:
     written = []
     for key in ("attacks", "targeted_attacks", "defenses", "model_robustness", "transfer", "clean", "cells"):
         path = out / f"{key}.csv"
-        pd.DataFrame(board[key]).to_csv(path, index=False)
+        safe_text.csv_frame(pd.DataFrame(board[key])).to_csv(path, index=False)
         written.append(path)
     path = out / "leaderboard.json"
     path.write_text(json.dumps(to_json(board), indent=2, default=str))
@@ -99,7 +103,7 @@ def to_csv(board: dict) -> str:
         if not df.empty:
             df.insert(0, "track", key)
             frames.append(df.drop(columns=[c for c in ("by_budget",) if c in df.columns]))
-    return pd.concat(frames).to_csv(index=False) if frames else ""
+    return safe_text.csv_frame(pd.concat(frames)).to_csv(index=False) if frames else ""
 
 
 def plot_images(board: dict, out: Path) -> list[Path]:
@@ -109,7 +113,7 @@ def plot_images(board: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = pd.DataFrame(board["cells"])
-    written: list[Path] = []
+    written = []
     if rows.empty:
         return written
     untargeted = rows[rows["track"] == "attack"]
@@ -139,8 +143,7 @@ def plot_images(board: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for ax, prefix, label in ((axes[0], "snr", "SNR budget (dB)"), (axes[1], "linf", "L∞ ε")):
             for attack, by_budget in sorted(curves.items()):
-                pts = sorted((float(b[len(prefix):]), v) for b, v in by_budget.items()
-                             if b.startswith(prefix))
+                pts = sorted((float(b[len(prefix):]), v) for b, v in by_budget.items() if b.startswith(prefix))
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack)
             ax.set_xlabel(label)
@@ -162,18 +165,18 @@ def _html_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "<p><em>no results</em></p>"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+    head = "".join(f"<th>{safe_text.html(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{safe_text.html(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def to_html(board: dict) -> str:
     s = board["scope"]
-    parts = [f"<h1>ASR Arena leaderboard</h1><p class='scope'>{html.escape(scope_line(board))}. "
-             f"Produced by the <b>{html.escape(str(s.get('profile')))}</b> profile.</p>"]
+    parts = [f"<h1>ASR Arena leaderboard</h1><p class='scope'>{safe_text.html(scope_line(board))}. "
+             f"Produced by the <b>{safe_text.html(str(s.get('profile')))}</b> profile.</p>"]
     for key, cols in TRACK_COLUMNS.items():
-        parts.append(f"<h2>{html.escape(TRACK_TITLES[key])}</h2>" + _html_table(board[key], cols))
+        parts.append(f"<h2>{safe_text.html(TRACK_TITLES[key])}</h2>" + _html_table(board[key], cols))
     parts.append("<h2>ΔWER per target model (no defense)</h2>"
                  "<p>How compression changes robustness: the same attack, crafted against each model.</p>"
                  + _html_table(board["model_robustness"]))
@@ -182,7 +185,7 @@ def to_html(board: dict) -> str:
     parts.append("<h2>Clean WER per model and defense</h2>" + _html_table(board["clean"]))
     if board.get("not_scored"):
         parts.append("<h2>Not scored</h2><ul>" + "".join(
-            f"<li>{html.escape(p)}</li>" for p in board["not_scored"]) + "</ul>")
+            f"<li>{safe_text.html(p)}</li>" for p in board["not_scored"]) + "</ul>")
     for img, title in (("heatmap_attack_defense.png", "Attack × defense"),
                        ("heatmap_attack_model.png", "Attack × model"),
                        ("budget_curves.png", "ΔWER versus budget")):

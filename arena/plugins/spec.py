@@ -2,9 +2,13 @@
 
 The submission intake (arena.submissions) reads `submission.toml` and hands the sandbox a
 `PluginSpec`; the sandbox worker loads the code with arena.plugins.loader.
+`submission_files` is the one list of a submission's files: hashed by the intake, copied
+into the sandbox by the job runner.
 """
 from __future__ import annotations
 
+import os
+import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -32,3 +36,102 @@ class PluginSpec:
     @property
     def entry(self) -> str:
         return f"{self.module}:{self.class_name}"
+
+
+# ---------------------------------------------------------------- a submission's files
+# One list, used both for the content hash (arena.submissions) and for the copy into the
+# sandbox (arena.sandbox.jobs): whatever can change a plugin's behaviour changes its hash.
+RECORD = "SUBMISSION.json"      # written by `arena submit`: neither hashed nor copied
+SKIP_DIRS = ("__pycache__",)    # bytecode could shadow the hashed source, so never copied
+SKIP_SUFFIXES = (".pyc",)       # a sourceless module.pyc is importable: same reason
+MAX_ENTRIES = 2000              # files and folders together
+MAX_DEPTH = 16                  # folder levels below the submission folder
+MAX_NAME_BYTES = 255
+MAX_PATH_CHARS = 1024
+# bidirectional-text controls reorder what a reviewer sees ("Trojan Source")
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class SubmissionFilesError(ValueError):
+    """A submission folder holding something that is never run: a symlink, a special file,
+    an unreadable or odd name, too many entries or too deep a tree. The message names it."""
+
+
+@dataclass(frozen=True)
+class SubmissionFile:
+    rel: str        # relative POSIX path, e.g. "pkg/model.py"
+    path: Path      # where it is on the host
+    is_dir: bool
+
+
+def has_controls(text: str) -> bool:
+    """Control characters, line separators or bidi overrides: text that can rewrite a
+    terminal line or reorder what a reader sees."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI for c in text)
+
+
+def bad_name(name: str) -> str | None:
+    """Why a single file name is refused (None when it is fine)."""
+    try:
+        encoded = name.encode("utf-8")   # undecodable bytes arrive as lone surrogates
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if has_controls(name):
+        return "contains control characters"
+    return None
+
+
+def submission_files(folder, *, max_entries: int = MAX_ENTRIES) -> list[SubmissionFile]:
+    """Every folder and regular file of a submission, sorted by relative path: exactly what
+    the sandbox receives and the content hash covers. Skips __pycache__/, *.pyc and the
+    top-level SUBMISSION.json; refuses symlinks (never followed), special files, odd names,
+    more than `max_entries` entries (folders count) and trees deeper than MAX_DEPTH."""
+    root = Path(folder)
+    out: list[SubmissionFile] = []
+    stack = [("", root, 0)]   # iterative: a deep tree cannot exhaust the Python stack
+    while stack:
+        prefix, d, depth = stack.pop()
+        items = []
+        try:
+            with os.scandir(d) as it:
+                for x in it:   # counted while read: a huge folder is refused, not loaded
+                    items.append(x)
+                    if len(items) > 2 * max_entries:
+                        raise SubmissionFilesError(f"{prefix or './'}: more than {2 * max_entries} "
+                                                   "entries in one folder; refused")
+        except OSError as err:
+            raise SubmissionFilesError(f"{prefix or '.'}: cannot be listed ({err.strerror})") from None
+        items.sort(key=lambda x: x.name)
+        for entry in items:
+            rel = prefix + entry.name
+            why = bad_name(entry.name)
+            if why:
+                raise SubmissionFilesError(f"{rel!r}: the file name {why}; refused")
+            if len(rel) > MAX_PATH_CHARS:
+                raise SubmissionFilesError(f"{rel[:80]!r}...: path longer than {MAX_PATH_CHARS} "
+                                           "characters; refused")
+            if entry.is_symlink():
+                raise SubmissionFilesError(f"{rel}: is a symlink; refused (a submission holds "
+                                           "regular files and folders only)")
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name in SKIP_DIRS:
+                    continue
+                if depth + 1 > MAX_DEPTH:
+                    raise SubmissionFilesError(f"{rel}: folders nested deeper than {MAX_DEPTH} "
+                                               "levels; refused")
+                out.append(SubmissionFile(rel, Path(entry.path), True))
+                stack.append((rel + "/", Path(entry.path), depth + 1))
+            elif entry.is_file(follow_symlinks=False):
+                if entry.name.endswith(SKIP_SUFFIXES) or rel == RECORD:
+                    continue
+                out.append(SubmissionFile(rel, Path(entry.path), False))
+            else:
+                raise SubmissionFilesError(f"{rel}: is a device, fifo, socket or other special "
+                                           "file; refused")
+            if len(out) > max_entries:
+                raise SubmissionFilesError(f"more than {max_entries} files and folders "
+                                           "(folders count); refused")
+    out.sort(key=lambda f: f.rel)
+    return out

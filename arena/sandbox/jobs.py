@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arena.core.budget import Budget
-from arena.plugins.spec import PluginSpec
+from arena.plugins.spec import PluginSpec, submission_files
 from arena.sandbox import bwrap
 
 MAX_STATUS_BYTES = 64 * 1024 * 1024
@@ -76,15 +76,16 @@ def trusted_warning() -> None:
 
 
 def _copy_submission(src: Path, dst: Path) -> None:
-    # symlinks are copied as links (never followed on the host); the sandbox resolves them
-    # inside its own file system view
-    shutil.copytree(src, dst, symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for root, dirs, files in os.walk(dst):
-        for name in dirs + files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
+    # exactly the entries the content hash covers (one list: submission_files; it refuses
+    # symlinks and special files); bytes only, so no host mtimes or modes travel
+    os.mkdir(dst, 0o755)
+    for f in submission_files(src):
+        target = dst.joinpath(*f.rel.split("/"))
+        if f.is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            shutil.copyfile(f.path, target, follow_symlinks=False)
+        os.chmod(target, 0o755 if f.is_dir else 0o644)
     os.chmod(dst, 0o755)
 
 

@@ -1,22 +1,35 @@
 """`arena submit`: unpack safely, validate in the sandbox, install into submissions/<name>/."""
 from __future__ import annotations
 
+import bz2
 import datetime
+import gzip
 import json
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from arena.core import paths
+from arena.plugins.spec import (
+    MAX_DEPTH,
+    MAX_ENTRIES,
+    MAX_PATH_CHARS,
+    SubmissionFilesError,
+    bad_name,
+    submission_files,
+)
 from arena.submissions.manifest import MANIFEST, RECORD, SubmissionError, content_hash, load_manifest
 from arena.submissions.validate import validate
 
-MAX_FILES = 2000
+MAX_FILES = MAX_ENTRIES          # files and folders together
 DEFAULT_MAX_MB = 50
+MAX_HEADER_BYTES = 64 * 1024     # largest single read from a tar stream (headers included)
+MAX_ZIP_DIRECTORY = 2 << 20      # central directory of a zip: ~46 bytes + name per entry
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -30,22 +43,53 @@ def _safe_member(name: str) -> PurePosixPath:
     parts = [x for x in p.parts if x not in ("", ".")]
     if not parts:
         raise SubmissionError(f"archive member {name!r} has an empty path")
+    if len(name) > MAX_PATH_CHARS:
+        raise SubmissionError(f"archive member {name[:80]!r}...: path longer than "
+                              f"{MAX_PATH_CHARS} characters; refused")
+    if len(parts) > MAX_DEPTH + 2:   # + a top-level folder and the file itself
+        raise SubmissionError(f"archive member {name[:80]!r}: nested deeper than {MAX_DEPTH} "
+                              "folders; refused")
+    for part in parts:
+        why = bad_name(part)
+        if why:
+            raise SubmissionError(f"archive member {name!r}: the name {part!r} {why}; refused")
     return PurePosixPath(*parts)
 
 
+def _is_top(name: str) -> bool:
+    """'.' or './': the archive's own top folder, as `tar -C folder -czf x.tgz .` writes it."""
+    return not [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")] \
+        and not name.startswith("/")
+
+
 class _Counter:
+    """Bytes written and entries made; folders count, including those a member's path
+    implies ("a/b/c.py" makes a/ and a/b/)."""
+
     def __init__(self, max_bytes: int):
         self.max_bytes, self.total, self.files = max_bytes, 0, 0
+        self.dirs: set[PurePosixPath] = set()
 
-    def add_file(self):
+    def _check(self):
+        # +1: a single top-level folder is stripped after unpacking
+        if self.files + len(self.dirs) > MAX_FILES + 1:
+            raise SubmissionError(f"archive has more than {MAX_FILES} files and folders "
+                                  "(folders count); refused")
+
+    def add_dir(self, rel: PurePosixPath):
+        self.dirs.update([rel, *list(rel.parents)[:-1]])
+        self._check()
+
+    def add_file(self, rel: PurePosixPath | None = None):
         self.files += 1
-        if self.files > MAX_FILES:
-            raise SubmissionError(f"archive has more than {MAX_FILES} files; refused")
+        if rel is not None and rel.parent != PurePosixPath("."):
+            self.add_dir(rel.parent)
+        self._check()
 
     def copy(self, src, dst_path: Path, name: str):
         with open(dst_path, "wb") as dst:
             while True:
-                chunk = src.read(1 << 16)
+                chunk = src.read(1 << 15)
                 if not chunk:
                     break
                 self.total += len(chunk)
@@ -63,16 +107,43 @@ def _target(dest: Path, rel: PurePosixPath) -> Path:
     return out
 
 
+def _check_zip_directory(path: Path) -> None:
+    """Refuse before zipfile parses it a central directory larger than MAX_ZIP_DIRECTORY or
+    listing more entries than allowed: zipfile reads it whole and makes an object per entry."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (22 + 0xFFFF + 20)))
+        tail = f.read()
+    # where zipfile looks: a comment-less record at the very end, else the last signature
+    at = len(tail) - 22 if tail[-22:-18] == b"PK\x05\x06" and tail[-2:] == b"\0\0" \
+        else tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise SubmissionError(f"{path.name}: not a readable archive (no zip end record)")
+    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+        raise SubmissionError(f"{path.name}: zip64 archives are not accepted (a submission is "
+                              "small); use a plain .zip or a .tar.gz")
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    if entries > MAX_FILES + 1:
+        raise SubmissionError(f"{path.name}: archive lists {entries} entries, more than "
+                              f"{MAX_FILES}; refused")
+    if directory > MAX_ZIP_DIRECTORY:
+        raise SubmissionError(f"{path.name}: archive directory is {directory} bytes, more than "
+                              f"{MAX_ZIP_DIRECTORY >> 20} MB; refused")
+
+
 def _unzip(path: Path, dest: Path, counter: _Counter) -> None:
+    _check_zip_directory(path)
     with zipfile.ZipFile(path) as z:
         infos = z.infolist()
-        if len(infos) > MAX_FILES:
+        if len(infos) > MAX_FILES + 1:
             raise SubmissionError(f"archive has {len(infos)} entries, more than {MAX_FILES}; refused")
         declared = sum(i.file_size for i in infos)
         if declared > counter.max_bytes:
             raise SubmissionError(f"archive declares {declared} unpacked bytes, more than "
                                   f"{counter.max_bytes // (1024 * 1024)} MB; refused")
         for info in infos:
+            if info.is_dir() and _is_top(info.filename):
+                continue
             rel = _safe_member(info.filename)
             mode = (info.external_attr >> 16) & 0xFFFF
             if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -80,36 +151,93 @@ def _unzip(path: Path, dest: Path, counter: _Counter) -> None:
                 raise SubmissionError(f"archive member {info.filename!r} is a {kind}; refused")
             out = _target(dest, rel)
             if info.is_dir():
+                counter.add_dir(rel)
                 out.mkdir(parents=True, exist_ok=True)
                 continue
-            counter.add_file()
+            counter.add_file(rel)
             out.parent.mkdir(parents=True, exist_ok=True)
             with z.open(info) as src:
                 counter.copy(src, out, info.filename)
 
 
+class _CappedReads:
+    """The decompressed tar stream with bounded header reads. tarfile reads a GNU long name,
+    a pax header or a sparse map whole, with the size the archive states: without a cap a
+    1 MB .tar.gz stating 1 GB made `arena submit` allocate 1 GB. Any single read, and all
+    reads between one member's data and the next member, are capped at MAX_HEADER_BYTES."""
+
+    def __init__(self, f, name: str):
+        self._f, self._name = f, name
+        self.in_data = False      # True while a member's own bytes are being copied
+        self.header_bytes = 0     # read since the last member came out
+
+    def read(self, n=-1):
+        if n is None or n < 0 or n > MAX_HEADER_BYTES:
+            raise SubmissionError(f"{self._name}: an archive header asks for "
+                                  f"{'all remaining' if n is None or n < 0 else n} bytes, more "
+                                  f"than {MAX_HEADER_BYTES // 1024} KiB; refused")
+        if not self.in_data:
+            self.header_bytes += n
+            if self.header_bytes > MAX_HEADER_BYTES:
+                raise SubmissionError(f"{self._name}: the headers of one archive member take "
+                                      f"more than {MAX_HEADER_BYTES // 1024} KiB; refused")
+        return self._f.read(n)
+
+    def seek(self, *args):
+        return self._f.seek(*args)
+
+    def tell(self):
+        return self._f.tell()
+
+
+def _open_tar_stream(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(path, "rb")
+    if magic == b"\xfd7zXZ\0":  # its decoder sizes its window from the header: unbounded memory
+        raise SubmissionError(f"{path.name}: .tar.xz is not accepted; use a .tar.gz or a .zip")
+    return open(path, "rb")
+
+
 def _untar(path: Path, dest: Path, counter: _Counter) -> None:
-    with tarfile.open(path, "r:*") as t:
-        declared = 0
-        for member in t:  # streams; headers of a huge archive are counted as they come
-            rel = _safe_member(member.name)
-            if member.issym() or member.islnk():
-                raise SubmissionError(f"archive member {member.name!r} is a link; refused")
-            if not (member.isfile() or member.isdir()):
-                raise SubmissionError(f"archive member {member.name!r} is a device, fifo or other "
-                                      "special file; refused")
-            out = _target(dest, rel)
-            if member.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            counter.add_file()
-            declared += member.size
-            if declared > counter.max_bytes:
-                raise SubmissionError(f"archive declares more than "
-                                      f"{counter.max_bytes // (1024 * 1024)} MB unpacked; refused")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = t.extractfile(member)
+    with _open_tar_stream(path) as stream:
+        capped = _CappedReads(stream, path.name)
+        with tarfile.open(fileobj=capped, mode="r:") as t:
+            _untar_members(t, capped, dest, counter)
+
+
+def _untar_members(t: tarfile.TarFile, capped: _CappedReads, dest: Path, counter: _Counter) -> None:
+    declared = 0
+    for member in t:  # members come one at a time; their header reads are capped
+        capped.header_bytes = 0
+        if member.isdir() and _is_top(member.name):
+            continue
+        rel = _safe_member(member.name)
+        if member.issym() or member.islnk():
+            raise SubmissionError(f"archive member {member.name!r} is a link; refused")
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+            raise SubmissionError(f"archive member {member.name!r} is a device, fifo, sparse "
+                                  "or other special file; refused")
+        out = _target(dest, rel)
+        if member.isdir():
+            counter.add_dir(rel)
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        counter.add_file(rel)
+        declared += member.size
+        if declared > counter.max_bytes:
+            raise SubmissionError(f"archive declares more than "
+                                  f"{counter.max_bytes // (1024 * 1024)} MB unpacked; refused")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        src = t.extractfile(member)
+        capped.in_data = True
+        try:
             counter.copy(src, out, member.name)
+        finally:
+            capped.in_data = False
 
 
 def unpack(path, dest, *, max_unpacked_mb: int = DEFAULT_MAX_MB) -> Path:
@@ -122,14 +250,17 @@ def unpack(path, dest, *, max_unpacked_mb: int = DEFAULT_MAX_MB) -> Path:
     try:
         if name.endswith(".zip"):
             _unzip(path, dest, counter)
-        elif name.endswith((".tar.gz", ".tgz", ".tar")):
+        elif name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2")):
             _untar(path, dest, counter)
         else:
             raise SubmissionError(f"{path.name}: expected a folder, a .zip or a .tar.gz")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, SubmissionError):
-            raise
-        raise SubmissionError(f"{path.name}: not a readable archive: {e}") from None
+    except SubmissionError:
+        raise
+    except RecursionError:  # tarfile follows chained pax / long-name headers recursively
+        raise SubmissionError(f"{path.name}: archive headers chained too deeply; refused") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError,
+            NotImplementedError, UnicodeError) as e:
+        raise SubmissionError(f"{path.name}: not a readable archive: {str(e)[:200]}") from None
     entries = [p for p in dest.iterdir()]
     if not (dest / MANIFEST).is_file() and len(entries) == 1 and entries[0].is_dir():
         return entries[0]
@@ -137,21 +268,11 @@ def unpack(path, dest, *, max_unpacked_mb: int = DEFAULT_MAX_MB) -> Path:
 
 
 def _check_folder(folder: Path, max_unpacked_mb: int) -> None:
-    total, files = 0, 0
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for n in names + dirs:
-            p = Path(root, n)
-            if p.is_symlink():
-                raise SubmissionError(f"{p.relative_to(folder)} is a symlink; refused")
-        for n in names:
-            p = Path(root, n)
-            if not p.is_file():
-                raise SubmissionError(f"{p.relative_to(folder)} is not a regular file; refused")
-            files += 1
-            total += p.stat().st_size
-    if files > MAX_FILES:
-        raise SubmissionError(f"folder has more than {MAX_FILES} files; refused")
+    try:
+        files = submission_files(folder, max_entries=MAX_FILES)
+    except SubmissionFilesError as e:
+        raise SubmissionError(str(e)) from None
+    total = sum(f.path.stat().st_size for f in files if not f.is_dir)
     if total > max_unpacked_mb * 1024 * 1024:
         raise SubmissionError(f"folder holds more than {max_unpacked_mb} MB; refused")
 

