@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -161,22 +162,31 @@ def _split_names(value):
 @click.option("--models", default=None, help="Comma-separated zoo models (default: all).")
 @click.option("--device", default=None)
 @click.option("--trusted", is_flag=True, help="Run plugins WITHOUT the sandbox (your own code only).")
-@click.option("--store", "store_dir", default=None, help="Results folder (default leaderboard/).")
+@click.option("--store", "store_dir", default=None,
+              help="Results folder (default: leaderboard/local/, which reads the published "
+                   "board's cells; with --publish: the published board, leaderboard/).")
+@click.option("--publish", is_flag=True,
+              help="Score the whole grid into the published board (leaderboard/) and rewrite "
+                   "its site; refused for a filtered grid.")
 @click.option("--workers", type=int, default=None,
               help="Sandbox jobs at once (default: the number of CPU cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 def score(profile, split, n_utterances, manifest, attacks, defenses, models, device, trusted,
-          store_dir, workers, as_json):
-    """Run every attack against every defense and model; print the leaderboard."""
-    from arena.core import paths
+          store_dir, publish, workers, as_json):
+    """Run every attack against every defense and model; print the leaderboard.
+
+    Without --publish the run is local: its cells and site go to leaderboard/local/ (not
+    versioned), reusing the published cells, and the published board is left as it is."""
+    from pathlib import Path
+
     from arena.core.device import default_device
     from arena.data.manifest import ManifestError
     from arena.leaderboard import build as lb_build
+    from arena.leaderboard import publish as pub
     from arena.leaderboard import render
     from arena.score.profiles import get_profile
     from arena.score.run import ScoreOptions, run_score, target_specs
     from arena.score.subset import load_subset
-    from arena.score.store import ResultsStore
     from arena.submissions.entries import discover
 
     device = default_device(device)
@@ -193,58 +203,137 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     missing = set(names) - {e.name for e in entries}
     if missing:
         raise click.UsageError(f"unknown entries: {', '.join(sorted(missing))}")
+    published_root = Path(store_dir) if (publish and store_dir) else pub.published_root()
+    if not publish and store_dir and pub.same_place(store_dir, pub.published_root()):
+        raise click.UsageError(f"{store_dir} is the published board: only `arena score --publish` "
+                               "writes it (a local run uses leaderboard/local/)")
+    filtered = pub.filters_of(profile=profile.name, split=profile.split,
+                              n_utterances=profile.n_utterances, manifest=manifest,
+                              attacks=attacks, defenses=defenses, models=models,
+                              committed=pub.committed_scope(pub.open_published(published_root)))
+    if publish and filtered:
+        raise click.UsageError("--publish scores the whole grid of the published board; this run "
+                               "is filtered: " + "; ".join(filtered))
     if trusted:
         click.echo("WARNING: --trusted runs plugin code WITHOUT the sandbox", err=True)
     for p in problems:
         click.echo(f"skipped: {p}", err=True)
-    store = ResultsStore(store_dir or paths.leaderboard_dir())
+    if publish:
+        store = pub.publishing_store(published_root)
+    elif store_dir:
+        store = pub.LayeredStore(store_dir, None)
+    else:
+        store = pub.local_store()
     options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json,
                            workers=workers)
     try:
         models = target_specs(_split_names(models))
         subset = load_subset(profile, progress=not as_json, manifest=manifest)
     except (FileNotFoundError, ManifestError) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
     report = run_score(store, options, entries, models, subset=subset, problems=problems)
-    board = lb_build.build(store.cells(), store.meta())
-    render.write_files(board, store.root)
+    clean = _listening_clean(subset)
+    if publish:
+        result = pub.publish(store, store.pending_meta.get("last_run"),
+                             site_builder=lambda st, b, ctx: pub.write_store_site(st, b, ctx, clean=clean))
+        board, site = lb_build.build(store.cells(), store.meta()), result.site
+    else:
+        store.set_meta("local_run", {"filtered": filtered})
+        board = lb_build.build(store.cells(), store.meta())
+        site = pub.write_store_site(store, board, pub.local_context(store, filtered), clean=clean)
     if as_json:
-        _echo_json(render.to_json(board))
+        _echo_json({**render.to_json(board), "report": report.as_meta(), "published": publish,
+                    "filtered": filtered, "site": _shown_path(site["index"])})
         return
     render.print_terminal(board)
     click.echo(f"{report.computed} cells computed, {report.reused} reused, "
-               f"{len(report.failed_jobs)} failed jobs, {report.seconds:.0f} s; "
-               f"files in {store.root}/ (index.html)")
+               f"{len(report.failed_jobs)} failed jobs, {report.seconds:.0f} s")
     for failure in report.failed_jobs:
         click.echo(f"  failed: {failure}")
+    _site_line(site, publish, filtered)
+
+
+def _listening_clean(subset):
+    from arena.leaderboard.site import subset_clean
+
+    return subset_clean(subset)
+
+
+def _shown_path(path) -> str:
+    """A path relative to the working folder when it is under it (shorter, and no home)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _site_line(site: dict, published: bool, filtered: list[str]) -> None:
+    where = _shown_path(site["index"])
+    size = f"{site['files']} files, {site['bytes'] / 1e6:.1f} MB, {site['changed']} changed"
+    if published:
+        click.echo(f"published: {where} ({size})")
+    else:
+        what = f"filtered ({'; '.join(filtered)})" if filtered else "the whole grid"
+        click.echo(f"local run, {what}; not published. Site: {where} ({size}). "
+                   "`arena score --publish` updates the published board.")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True)
-@click.option("--store", "store_dir", default=None)
-@click.option("--write", is_flag=True, help="Also rewrite the published files.")
-def leaderboard(as_json, as_csv, store_dir, write):
-    """Print the leaderboard from the results store (no scoring)."""
-    from arena.core import paths
-    from arena.leaderboard import build as lb_build
-    from arena.leaderboard import render
-    from arena.score.store import ResultsStore
-
-    root = store_dir or paths.leaderboard_dir()
+@click.option("--store", "store_dir", default=None, help="Read this results folder.")
+@click.option("--local", is_flag=True, help="The last local run (leaderboard/local/) instead of "
+                                            "the published board.")
+@click.option("--site", "site_dir", default=None, type=click.Path(file_okay=False),
+              help="Write the leaderboard site (static HTML) into this folder.")
+@click.option("--publish", is_flag=True,
+              help="Rewrite the published board's site (leaderboard/site/) from its store; "
+                   "writes only files that change.")
+@click.option("--write", "publish_alias", is_flag=True, hidden=True)
+def leaderboard(as_json, as_csv, store_dir, local, site_dir, publish, publish_alias):
+    """Print the published leaderboard (no scoring); --site DIR writes it as a site."""
     from pathlib import Path
 
-    if not (Path(root) / "results.sqlite").is_file():
-        raise click.ClickException(f"no results in {root}; run `arena score` first")
-    store = ResultsStore(root)
+    from arena.leaderboard import build as lb_build
+    from arena.leaderboard import publish as pub
+    from arena.leaderboard import render
+
+    publish = publish or publish_alias
+    if publish and (store_dir or local):
+        raise click.UsageError("--publish rewrites the published board from its own store; "
+                               "drop --store/--local")
+    if local:
+        store = pub.local_store()
+        if not (store.root / "results.sqlite").is_file():
+            raise click.ClickException(f"no local run in {_shown_path(store.root)}; run `arena score`")
+        context = pub.local_context(store)
+    else:
+        root = Path(store_dir) if store_dir else pub.published_root()
+        if not (root / "results.sqlite").is_file():
+            raise click.ClickException(f"no results in {root}; run `arena score` first")
+        store = pub.ReadOnlyStore(root)
+        context = None
+    if publish:
+        result = pub.publish(pub.LayeredStore(store.root, None),
+                             site_builder=lambda st, b, ctx: pub.write_store_site(st, b, ctx))
+        click.echo(f"published: {_shown_path(result.site['index'])} ({result.site['files']} files, "
+                   f"{result.site['bytes'] / 1e6:.1f} MB, {result.site['changed']} changed)")
+        return
     board = lb_build.build(store.cells(), store.meta())
-    if write:
-        render.write_files(board, store.root)
+    if site_dir:
+        if context is None:
+            context = pub.published_context(store)
+        site = pub.write_store_site(store, board, context, out_dir=site_dir)
+        click.echo(f"site: {_shown_path(site['index'])} ({site['files']} files, "
+                   f"{site['bytes'] / 1e6:.1f} MB)", err=as_json or as_csv)
     if as_json:
         _echo_json(render.to_json(board))
     elif as_csv:
         click.echo(render.to_csv(board), nl=False)
-    else:
+    elif not site_dir:
         render.print_terminal(board)
 
 
@@ -277,6 +366,32 @@ def models_cmd(as_json, refresh, device):
 @main.group("bench")
 def bench_group():
     """Benchmarks (ratios against a baseline measured in the same process)."""
+
+
+@bench_group.command("convergence")
+@click.option("--attack", default="apgd", show_default=True, help="A baseline attack.")
+@click.option("--steps", default="25,50,100,200", show_default=True, help="Step counts.")
+@click.option("--n", type=int, default=32, show_default=True, help="Dev utterances.")
+@click.option("--budget", default="snr30", show_default=True)
+@click.option("--model", "model_name", default="dense", show_default=True)
+@click.option("--out", default=None, help="Also write the curve (JSON) to this file.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_convergence_cmd(attack, steps, n, budget, model_name, out, as_json):
+    """ΔWER of a reference attack against its step count (is the effort used converged?)."""
+    from arena.bench.convergence import convergence
+
+    curve = convergence(attack, [int(s) for s in steps.split(",")], n, budget, model_name)
+    if out:
+        Path(out).write_text(json.dumps(curve, indent=2) + "\n")
+    if as_json:
+        _echo_json(curve)
+        return
+    click.echo(f"{attack} on {model_name}, {budget}, {curve['n_utterances']} utterances "
+               f"(clean WER {curve['clean_wer']:.3f})")
+    for pt in curve["points"]:
+        click.echo(f"  {pt['steps']:>5} steps  ΔWER {pt['delta_wer']:.3f} "
+                   f"[{pt['ci_low']:.3f}, {pt['ci_high']:.3f}]  {pt['seconds']:.0f} s")
+    click.echo(f"converged (within {curve['tolerance']} of 4x the steps) at: {curve['converged_at']}")
 
 
 @bench_group.command("models")

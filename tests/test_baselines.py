@@ -12,7 +12,7 @@ from arena import AudioBatch, Budget, TargetModel
 from arena.asr.models import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1] / "arena" / "baselines"
-ATTACKS = ["noop", "noise", "fgsm", "pgd", "kenansville"]
+ATTACKS = ["noop", "noise", "fgsm", "pgd", "kenansville", "apgd"]
 TARGETED = ["cw-targeted"]
 DEFENSES = ["none", "resample", "quantize", "lowpass", "smoothing"]
 BUDGETS = ["snr30", "linf0.003"]
@@ -197,3 +197,22 @@ def test_smoothing_is_deterministic_and_votes(net, batch):
     assert vote(["a b", "a c", "a b"]) == "a b"
     assert vote(["xyz", "abc", "abd", "xyz", "abd"]) == "abd"  # tie: closest to the rest
     assert vote(["b", "a"]) == "b"  # full tie: the first draw
+
+
+def test_apgd_checkpoints_and_best_iterate(net, batch):
+    """APGD's step-size checkpoints follow Croce & Hein's schedule, and the returned audio
+    is never worse (in word errors against the references) than the clean input."""
+    mod = load_module("apgd")[0]
+    assert mod.checkpoints(100) == [22, 41, 58, 70, 80, 87, 93, 99]
+    assert mod.word_errors("a b c", "a x c d") == 2
+    model, budget = TargetModel(net), Budget.parse("snr30")
+    attack = load_plugin("apgd")
+    attack.steps = 6
+    adv = attack.run(batch, model, budget)
+    assert model.forward_calls == 7 and model.backward_calls == 7
+    assert (budget.overshoot(batch.wave, adv, batch.lengths) <= 1.0 + 1e-5).all()
+    clean = net.transcribe(batch.wave, batch.lengths)
+    hyps = net.transcribe(adv, batch.lengths)
+    clean_err = sum(mod.word_errors(r, h) for r, h in zip(batch.transcripts, clean))
+    adv_err = sum(mod.word_errors(r, h) for r, h in zip(batch.transcripts, hyps))
+    assert adv_err >= clean_err
