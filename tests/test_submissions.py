@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena.core import paths
 from arena.cli import main
+from arena.core import paths
 from arena.submissions.manifest import SubmissionError, content_hash, load_manifest, parse_manifest
 from arena.submissions.submit import submit, unpack
 from arena.submissions.validate import validate
@@ -28,7 +28,8 @@ def write_sub(folder: Path, code: str, track="attack", name="sub-x", module="plu
     return folder
 
 
-OK_ATTACK = "from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n        return batch.wave\n"
+OK_ATTACK = ("from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n"
+             "        return batch.wave\n")
 
 
 @pytest.fixture

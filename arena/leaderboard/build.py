@@ -32,7 +32,7 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
     clean_table = sorted(({"model": c["model"], "defense": c["defense"],
                            "clean_wer": formulas.cell_wer(c), "error": c["error"]}
                           for c in by_kind["clean"]), key=lambda r: (r["model"], r["defense"]))
-    attack_errors = {}
+    attack_errors: dict[str, set[str]] = {}
     for c in by_kind["attack"]:
         if c["error"]:
             attack_errors.setdefault(c["attack"], set()).add(c["error"][:300])

@@ -113,7 +113,7 @@ def plot_images(board: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = pd.DataFrame(board["cells"])
-    written = []
+    written: list[Path] = []
     if rows.empty:
         return written
     untargeted = rows[rows["track"] == "attack"]
@@ -143,7 +143,8 @@ def plot_images(board: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for ax, prefix, label in ((axes[0], "snr", "SNR budget (dB)"), (axes[1], "linf", "L∞ ε")):
             for attack, by_budget in sorted(curves.items()):
-                pts = sorted((float(b[len(prefix):]), v) for b, v in by_budget.items() if b.startswith(prefix))
+                pts = sorted((float(b[len(prefix):]), v) for b, v in by_budget.items()
+                             if b.startswith(prefix))
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack)
             ax.set_xlabel(label)
