@@ -112,7 +112,10 @@ def sandbox_uid_threads() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _no_sandbox_leftovers():
+def _no_sandbox_leftovers(monkeypatch):
+    # a sandbox uid of this test run's own: sandbox jobs of other runs on the same machine
+    # (uid 65500 by default) must not count as this run's leftovers
+    monkeypatch.setenv("ARENA_SANDBOX_UID", str(60000 + os.getpid() % 5000))
     yield
     if bwrap.as_root():
         deadline = time.time() + 5
@@ -253,7 +256,7 @@ def test_detached_children_do_not_outlive_the_job(tmp_path, model_file):
 
 def test_file_bomb_is_stopped_by_the_file_size_limit(tmp_path, model_file):
     code = GOOD.replace("g = model", """chunk = b"x" * (1 << 20)
-        with open("/sandbox/output/big.bin", "wb") as f:
+        with open("/tmp/big.bin", "wb") as f:
             for _ in range(10 * 1024):   # 10 GB
                 f.write(chunk)
         g = model""")
@@ -263,8 +266,7 @@ def test_file_bomb_is_stopped_by_the_file_size_limit(tmp_path, model_file):
                        limits=SandboxLimits(wall_s=60, max_file_mb=16))
     assert r.status == "error" and not r.batches[0].ok
     assert "SIGXFSZ" in r.error or "File too large" in r.batches[0].error
-    big = list(work.rglob("big.bin"))
-    assert big and big[0].stat().st_size <= 16 << 20
+    assert not list(work.rglob("*")), "the job left files in its work folder"
 
 
 def test_defense_job_and_wrong_transcripts(tmp_path, model_file):
@@ -305,9 +307,8 @@ def test_sandbox_keeps_a_virtual_environment_under_tmp(tmp_path):
     (site_dir / "outer.pth").write_text(
         "".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages()))
     (tmp_path / "in").mkdir()
-    (tmp_path / "out").mkdir()
     probe = ("import subprocess; from arena.sandbox import bwrap; "
-             f"cmd = bwrap.build_command({str(tmp_path / 'in')!r}, {str(tmp_path / 'out')!r}, "
+             f"cmd = bwrap.build_command({str(tmp_path / 'in')!r}, "
              "[bwrap.python_executable(), '-c', 'import sys, arena; print(sys.prefix)'], env={}); "
              "r = subprocess.run(cmd, capture_output=True, text=True); print(r.stdout + r.stderr)")
     # run from elsewhere, so arena is not found through the working directory

@@ -247,17 +247,21 @@ def build_command(input_dir: str, argv: list[str], *, env: dict[str, str], gpu: 
     cmd += parents(pkg) + view
     remount += ro
     cmd += ["--proc", "/proc", "--dev", "/dev",
+            # POSIX shared memory (multiprocessing locks, torch tensor sharing): capped like /tmp
+            "--perms", "1777", "--size", str(int(tmp_mb) * 1024 * 1024), "--tmpfs", "/dev/shm",
             "--perms", "0755", "--dir", SANDBOX_ROOT,
             "--ro-bind", input_dir, f"{SANDBOX_ROOT}/input",
             "--chdir", "/tmp"]
-    for d in remount:
-        cmd += ["--remount-ro", d]
     if gpu:
         for dev in gpu_devices():
             cmd += ["--dev-bind", dev, dev]
         # driver libraries under /usr (e.g. /usr/local/nvidia) are visible already; the
         # CUDA runtime also reads PCI topology from /sys (read-only)
         cmd += ["--ro-bind-try", "/sys", "/sys"]
+    # bwrap's own root and /dev are uncapped tmpfs, writable by the sandbox's user when the
+    # harness is not root: read-only once every mount point exists
+    for d in [*remount, "/dev", "/"]:
+        cmd += ["--remount-ro", d]
     if not map_uid:  # (bwrap cannot combine it with --userns-block-fd)
         cmd += ["--disable-userns"]
     return cmd + ["--"] + argv
@@ -309,23 +313,31 @@ def make_preexec(limits, gpu: bool):
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')
 
 
-def spawn(cmd: list[str], *, preexec, stdout, map_uid: bool) -> subprocess.Popen:
-    """Start bwrap in its own session; when map_uid, map INNER_UID to host_uid() in its user
-    namespace before it continues (bwrap waits on --userns-block-fd for that)."""
-    if not map_uid:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=preexec)
+def spawn(cmd: list[str], *, preexec, stdout, map_uid: bool, pass_fds=()) -> subprocess.Popen:
+    """Start bwrap in its own session, with an empty environment (bwrap needs none, and its
+    forked copy, the sandbox's first process, keeps the environment it was started with,
+    readable inside through /proc/1/environ). The returned Popen has `child_pid`: the host
+    pid of that first process (None if bwrap failed before reporting it). When map_uid, map
+    INNER_UID to host_uid() in its user namespace before it continues (bwrap waits on
+    --userns-block-fd for that)."""
     info_r, info_w = os.pipe()
-    block_r, block_w = os.pipe()
+    block_r, block_w = os.pipe() if map_uid else (None, None)
     i = cmd.index("--unshare-user") + 1
-    cmd = cmd[:i] + ["--info-fd", str(info_w), "--userns-block-fd", str(block_r)] + cmd[i:]
+    extra = ["--info-fd", str(info_w)] + (["--userns-block-fd", str(block_r)] if map_uid else [])
+    cmd = cmd[:i] + extra + cmd[i:]
+    fds = (info_w, *([block_r] if map_uid else []), *pass_fds)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=preexec,
-                                pass_fds=(info_w, block_r))
+                                start_new_session=True, preexec_fn=preexec, pass_fds=fds, env={})
+    except BaseException:
+        os.close(info_r)
+        if map_uid:
+            os.close(block_w)
+        raise
     finally:
         os.close(info_w)
-        os.close(block_r)
+        if map_uid:
+            os.close(block_r)
     try:
         data = b""
         while not _CHILD_PID.search(data):
@@ -334,15 +346,16 @@ def spawn(cmd: list[str], *, preexec, stdout, map_uid: bool) -> subprocess.Popen
                 break
             data += chunk
         m = _CHILD_PID.search(data)
-        if m is None:
-            raise OSError("bwrap did not report its child pid")
-        pid = int(m.group(1))
-        mapping = f"0 0 1\n{INNER_UID} {host_uid()} 1\n"
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(mapping)
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(mapping)
-        os.write(block_w, b"1")
+        proc.child_pid = int(m.group(1)) if m else None
+        if map_uid:
+            if m is None:
+                raise OSError("bwrap did not report its child pid")
+            mapping = f"0 0 1\n{INNER_UID} {host_uid()} 1\n"
+            with open(f"/proc/{proc.child_pid}/uid_map", "w") as f:
+                f.write(mapping)
+            with open(f"/proc/{proc.child_pid}/gid_map", "w") as f:
+                f.write(mapping)
+            os.write(block_w, b"1")
     except OSError:
         os.close(info_r)
         try:
@@ -352,7 +365,8 @@ def spawn(cmd: list[str], *, preexec, stdout, map_uid: bool) -> subprocess.Popen
         proc.wait()
         raise
     finally:
-        os.close(block_w)
+        if map_uid:
+            os.close(block_w)
     # bwrap writes the rest of its info later: drain it (closing early kills it by SIGPIPE)
     threading.Thread(target=_drain, args=(info_r,), daemon=True).start()
     return proc
@@ -371,13 +385,11 @@ def _drain(fd: int) -> None:
 @functools.lru_cache(maxsize=1)
 def probe() -> str | None:
     """None when bwrap starts here, else why not (cached for the process)."""
-
     try:
         with tempfile.TemporaryDirectory(prefix="arena-probe-") as d:
             os.makedirs(f"{d}/in")
-            os.makedirs(f"{d}/out")
             os.chmod(d, 0o755)
-            cmd = build_command(f"{d}/in", f"{d}/out", [python_executable(), "-S", "-c", "print('ok')"],
+            cmd = build_command(f"{d}/in", [python_executable(), "-S", "-c", "print('ok')"],
                                 env={"PATH": "/usr/bin:/bin"}, map_uid=as_root())
             with open(f"{d}/log", "wb") as log:
                 proc = spawn(cmd, preexec=None, stdout=log, map_uid=as_root())

@@ -14,6 +14,7 @@ import os
 import re
 import select
 import threading
+import time
 
 HEADER_MAX = 160
 _HEADER = re.compile(rb"([A-Za-z0-9._-]{1,100}) ([0-9]{1,12})")
@@ -38,10 +39,13 @@ class Receiver(threading.Thread):
         self.error: str | None = None
         self.received: set[str] = set()
         self.bytes = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, drain_s: float = 2.0) -> None:
+        """Finish: read what is left until EOF, or for at most `drain_s` (a process outside
+        the sandbox's PID namespace, in --trusted mode, may keep the pipe open)."""
+        self._until = time.monotonic() + drain_s
+        self._halt.set()
 
     def run(self) -> None:
         header = bytearray()
@@ -49,9 +53,9 @@ class Receiver(threading.Thread):
         try:
             while True:
                 ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if self._halt.is_set() and (not ready or time.monotonic() > self._until):
+                    return
                 if not ready:
-                    if self._stop.is_set():
-                        return
                     continue
                 chunk = os.read(self.fd, 1 << 16)
                 if not chunk:

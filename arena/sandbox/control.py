@@ -19,11 +19,13 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 POLL_S = 0.1            # watchdog period with cgroups (a few small file reads)
 POLL_FALLBACK_S = 0.2   # without: a scan of /proc
 TASK_SLACK = 8          # bwrap's two processes and the worker's own threads
+FILES_SLACK = 64        # mount points bwrap makes in /tmp (an environment under the host's /tmp)
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -71,7 +73,8 @@ def _cgroup_dirs() -> tuple[str | None, dict[str, str]]:
                 elif rf[0] == "cgroup":
                     for c in rf[2].split(","):
                         mounts_v1.setdefault(c, (point, root))
-        own_v1, own_v2 = {}, None
+        own_v1: dict[str, str] = {}
+        own_v2: str | None = None
         with open("/proc/self/cgroup") as f:
             for line in f:
                 hid, ctrls, path = line.rstrip("\n").split(":", 2)
@@ -143,9 +146,9 @@ class JobControl:
     `finish()` always (kills what is left and removes the cgroups)."""
 
     def __init__(self, *, memory_bytes: int, max_tasks: int, cpu_s: float, max_files: int,
-                 name: str | None = None, use_cgroups: bool = True):
+                 tmp_bytes: int = 0, name: str | None = None, use_cgroups: bool = True):
         self.memory_bytes, self.max_tasks = int(memory_bytes), int(max_tasks)
-        self.cpu_s, self.max_files = float(cpu_s), int(max_files)
+        self.cpu_s, self.max_files, self.tmp_bytes = float(cpu_s), int(max_files), int(tmp_bytes)
         self.memory: _Group | None = None
         self.pids: _Group | None = None
         self.cpu: _Group | None = None
@@ -154,10 +157,9 @@ class JobControl:
         self.usage = Usage()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._kill = None
-        self._root_pid = None
-        self._inside_pid = None
-        self._files_base = None
+        self._kill: Callable[[], None] = lambda: None
+        self._root_pid = 0
+        self._inside_pid: int | None = None
         if use_cgroups:
             self._setup(name or f"arena-job-{os.getpid()}-{time.time_ns()}")
         via = lambda g: f"cgroup v{g.version}" if g else "watchdog"  # noqa: E731
@@ -228,7 +230,7 @@ class JobControl:
             _write(g.file("cgroup.procs"), pid)
 
     # ---- watching
-    def watch(self, root_pid: int, kill, inside_pid: int | None = None) -> None:
+    def watch(self, root_pid: int, kill: Callable[[], None], inside_pid: int | None = None) -> None:
         """Poll the job's usage until finish(); on a violation record why and call kill()."""
         self._root_pid, self._kill, self._inside_pid = root_pid, kill, inside_pid
         self._thread = threading.Thread(target=self._loop, name="arena-job-watchdog", daemon=True)
@@ -292,20 +294,22 @@ class JobControl:
                 u.peak_tasks = max(u.peak_tasks, int(_read(self.pids.file("pids.current"))))
             except (OSError, ValueError):
                 pass
-        # files in the sandbox's private /tmp (the worker caps it with nr_inodes when it can)
+        # files in the sandbox's writable tmpfs (the worker caps them with nr_inodes when it
+        # can); only once they are mounted: before that /proc/PID/root/tmp is the host's
         if self._inside_pid is not None:
-            try:
-                st = os.statvfs(f"/proc/{self._inside_pid}/root/tmp")
-            except OSError:
-                st = None
-            if st is not None:
+            for place in ("tmp", "dev/shm"):
+                path = f"/proc/{self._inside_pid}/root/{place}"
+                try:
+                    st = os.statvfs(path)
+                    if (st.f_blocks * st.f_frsize != self.tmp_bytes
+                            or os.stat(path).st_dev == os.stat(f"/{place}").st_dev):
+                        continue
+                except OSError:
+                    continue
                 used = st.f_files - st.f_ffree
-                if self._files_base is None:
-                    self._files_base = used
-                files = used - self._files_base
-                u.peak_files = max(u.peak_files, files)
-                if files > self.max_files:
-                    return (f"file-count limit of {self.max_files} files in /tmp reached; "
+                u.peak_files = max(u.peak_files, used)
+                if used > self.max_files + FILES_SLACK:
+                    return (f"file-count limit of {self.max_files} files in /{place} reached; "
                             "the job was killed")
         return None
 
@@ -350,7 +354,7 @@ class JobControl:
 
 def _tree(root: int) -> list[int]:
     """`root` and all its descendants (one scan of /proc)."""
-    children = defaultdict(list)
+    children: defaultdict[int, list[int]] = defaultdict(list)
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue

@@ -1,49 +1,65 @@
 """One sandbox job = one submission x one model file x a list of batches.
 
-The harness writes the job folder, starts the worker under bubblewrap, enforces the
-wall-clock limit, then reads and re-validates what the worker left in output/.
-Submission code is never imported in this process.
+The harness writes the job folder, starts the worker under bubblewrap inside the job's
+own cgroups (control.py), enforces the wall-clock limit, receives the worker's output
+over a pipe (channel.py) into output/, which the sandbox never sees, then re-validates
+all of it. Submission code is never imported in this process. The job folder is always
+removed.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import re
+import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from arena.core.budget import Budget
 from arena.plugins.spec import PluginSpec, submission_files
 from arena.sandbox import bwrap
+from arena.sandbox.channel import Receiver
+from arena.sandbox.control import TASK_SLACK, JobControl
 
-MAX_STATUS_BYTES = 64 * 1024 * 1024
+MAX_STATUS_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 40       # digits of an int, characters of a float, in untrusted JSON
+LOG_TAIL_BYTES = 64 * 1024  # what is kept of the job's stdout/stderr (never on disk)
+RESULT_SLACK = 1_000_000    # a result file may exceed its float32 tensor by this much
 
 
 @dataclass
 class SandboxLimits:
     wall_s: float = 600
-    cpu_s: float = 1200
-    memory_mb: int = 6144
-    max_procs: int = 64
-    max_file_mb: int = 512
+    cpu_s: float = 1200          # CPU time of the whole job (and of each process)
+    memory_mb: int = 6144        # resident memory of the whole job (address space per process)
+    max_procs: int = 64          # processes and threads of the whole job
+    max_file_mb: int = 512       # one file
     max_open_files: int = 256
+    tmp_mb: int = 512            # the private /tmp, the only writable place
+    max_files: int = 10_000      # files and folders in /tmp
 
 
 @dataclass
 class BatchOutcome:
     ok: bool
     error: str | None
-    adv: "object | None" = None           # torch.Tensor for attacks
+    adv: object | None = None           # torch.Tensor for attacks
     transcripts: list[str] | None = None  # defenses
     seconds: float = 0.0
 
@@ -58,14 +74,25 @@ class JobResult:
     wall_s: float = 0.0
     startup_s: float = 0.0           # process start -> model and plugin loaded
     log: str = ""                    # tail of the worker's stdout/stderr
+    peak_memory_mb: float = 0.0      # of the whole job (cgroup, or the watchdog's PSS sum)
+    cpu_s: float = 0.0               # of the whole job
+    limits_via: str = ""             # how the whole-job limits were enforced
 
 
 def effective_limits(limits: SandboxLimits, requested: dict | None) -> SandboxLimits:
-    """A submission's [limits] may only lower the harness limits."""
+    """A submission's [limits] may only lower the harness limits (ValueError for a value
+    that is not a finite positive number)."""
     if not requested:
         return limits
-    changes = {f.name: min(getattr(limits, f.name), type(getattr(limits, f.name))(requested[f.name]))
-               for f in fields(limits) if f.name in requested}
+    changes = {}
+    for f in fields(limits):
+        if f.name not in requested:
+            continue
+        v = requested[f.name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"[limits] {f.name} must be a finite positive number, got {v!r}")
+        current = getattr(limits, f.name)
+        changes[f.name] = min(current, type(current)(v))
     return replace(limits, **changes)
 
 
@@ -89,15 +116,6 @@ def _copy_submission(src: Path, dst: Path) -> None:
     os.chmod(dst, 0o755)
 
 
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - n))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _signal_name(rc: int) -> str:
     try:
         name = signal.Signals(-rc).name
@@ -109,11 +127,10 @@ def _signal_name(rc: int) -> str:
 
 
 def _prepare(jobdir: Path, submission_dir: Path, model_path: Path, batches, per_batch: list[dict],
-             job: dict, map_uid: bool) -> None:
-
+             job: dict) -> None:
     inp, out = jobdir / "input", jobdir / "output"
     inp.mkdir(parents=True)
-    out.mkdir()
+    out.mkdir(mode=0o700)     # filled by the harness's Receiver only; never in the sandbox
     _copy_submission(submission_dir, inp / "submission")
     try:
         os.link(model_path, inp / "model.safetensors")
@@ -128,43 +145,143 @@ def _prepare(jobdir: Path, submission_dir: Path, model_path: Path, batches, per_
     (inp / "job.json").write_text(json.dumps(job))
     for p in (jobdir, inp, inp / "job.json", inp / "batches.safetensors"):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    if map_uid:
-        os.chown(out, bwrap.host_uid(), bwrap.host_uid())
-    os.chmod(out, 0o700)
 
 
-def _read_status(out: Path) -> dict | None:
-    path = out / "status.json"
+# ---- untrusted JSON (status.json comes from a process that runs plugin code)
+
+class UntrustedJSONError(ValueError):
+    pass
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r'[^\[\]{}]+')
+
+
+def _json_int(s: str) -> int:
+    if len(s) > MAX_NUMBER_CHARS:
+        raise UntrustedJSONError(f"a number has {len(s)} digits (at most {MAX_NUMBER_CHARS})")
+    return int(s)
+
+
+def _json_float(s: str) -> float:
+    v = float(s) if len(s) <= MAX_NUMBER_CHARS else math.inf
+    if not math.isfinite(v):
+        raise UntrustedJSONError(f"the number {s[:20]}{'...' if len(s) > 20 else ''} is out of range")
+    return v
+
+
+def _json_constant(s: str):
+    raise UntrustedJSONError(f"{s} is not a number")
+
+
+def parse_untrusted_json(data: bytes):
+    """json.loads for bytes written by untrusted code: nesting depth, number sizes and
+    NaN/Infinity bounded or refused with UntrustedJSONError (never RecursionError or a
+    hang on a 100,000-digit number)."""
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_STATUS_BYTES:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UntrustedJSONError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode()
+    if skeleton:
+        a = np.frombuffer(skeleton, np.uint8)
+        depth = int(np.cumsum(np.where((a == ord("[")) | (a == ord("{")), 1, -1)).max())
+        if depth > MAX_JSON_DEPTH:
+            raise UntrustedJSONError(f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(text, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant)
+    except UntrustedJSONError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise UntrustedJSONError(f"not valid JSON ({e})") from None
+
+
+def _type_name(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _check_status(st, n_batches: int) -> str | None:
+    """Why the worker's status.json is malformed (naming the field), or None."""
+    if not isinstance(st, dict):
+        return f"the top level must be an object, got {_type_name(st)}"
+
+    def number(where, v, *, optional=True):
+        if v is None and optional:
             return None
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            return f"{where} must be a non-negative number, got {_type_name(v)} {str(v)[:40]}"
         return None
 
+    def kind(where, v, types, label):
+        return None if isinstance(v, types) else f"{where} must be {label}, got {_type_name(v)}"
 
-def _int(x) -> int:
-    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else 0
+    checks = [number("started_at", st.get("started_at")), number("loaded_at", st.get("loaded_at")),
+              number("load_s", st.get("load_s")),
+              kind("load_error", st.get("load_error"), (str, type(None)), "a string or null"),
+              kind("done", st.get("done", False), bool, "true or false"),
+              kind("tmp_capped", st.get("tmp_capped", False), bool, "true or false"),
+              kind("batches", st.get("batches", []), list, "a list")]
+    for key in ("forward_calls", "backward_calls"):
+        v = st.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 10**12:
+            checks.append(f"{key} must be a whole number from 0 to 10^12, got {_type_name(v)}")
+    if isinstance(st.get("batches"), list):
+        recs = st["batches"]
+        if len(recs) > n_batches:
+            checks.append(f"batches has {len(recs)} entries for {n_batches} batches")
+        for i, rec in enumerate(recs[:n_batches]):
+            where = f"batches[{i}]"
+            if not isinstance(rec, dict):
+                checks.append(f"{where} must be an object, got {_type_name(rec)}")
+                continue
+            checks += [kind(f"{where}.ok", rec.get("ok"), bool, "true or false"),
+                       kind(f"{where}.error", rec.get("error"), (str, type(None)), "a string or null"),
+                       number(f"{where}.seconds", rec.get("seconds"))]
+            hyps = rec.get("transcripts")
+            if hyps is not None and not (isinstance(hyps, list)
+                                         and all(isinstance(h, (str, type(None))) for h in hyps)):
+                checks.append(f"{where}.transcripts must be a list of strings")
+    bad = [c for c in checks if c]
+    return bad[0] if bad else None
+
+
+def _read_status(out: Path, n_batches: int) -> tuple[dict, str | None]:
+    """(status, None), ({}, None) when the worker sent none, or ({}, why it is invalid)."""
+    path = out / "status.json"
+    try:
+        if path.is_symlink() or not path.is_file():
+            return {}, None
+        if path.stat().st_size > MAX_STATUS_BYTES:
+            return {}, f"status.json is over {MAX_STATUS_BYTES} bytes"
+        data = path.read_bytes()
+    except OSError as e:
+        return {}, f"status.json could not be read: {e}"
+    try:
+        status = parse_untrusted_json(data)
+    except UntrustedJSONError as e:
+        return {}, f"status.json is {e}" if str(e).startswith(("not", "nested")) else f"status.json: {e}"
+    why = _check_status(status, n_batches)
+    if why:
+        return {}, f"status.json: {why}"
+    return status, None
+
+
+def _seconds(rec: dict) -> float:
+    return float(rec.get("seconds") or 0.0)
 
 
 def _validate_attack(out: Path, i: int, batch, rec: dict) -> BatchOutcome:
-
-    seconds = float(rec.get("seconds") or 0.0) if isinstance(rec.get("seconds"), (int, float)) else 0.0
+    seconds = _seconds(rec)
     if not rec.get("ok"):
-        return BatchOutcome(False, str(rec.get("error") or "failed")[:4000], seconds=seconds)
+        return BatchOutcome(False, (rec.get("error") or "failed")[:4000], seconds=seconds)
     path = out / f"result-{i}.safetensors"
     if path.is_symlink() or not path.is_file():
         return BatchOutcome(False, "no output written for this batch", seconds=seconds)
-    expected_bytes = batch.wave.numel() * 4
-    if path.stat().st_size > expected_bytes + 1_000_000:
-        return BatchOutcome(False, f"output file is {path.stat().st_size} bytes, far more than "
-                                   f"the {expected_bytes} a float32 {tuple(batch.wave.shape)} needs",
-                            seconds=seconds)
     try:
         adv = load_file(str(path))["adv"]
     except Exception as e:  # noqa: BLE001
-        return BatchOutcome(False, f"unreadable output: {e}", seconds=seconds)
+        return BatchOutcome(False, f"unreadable output: {type(e).__name__}: {str(e)[:300]}", seconds=seconds)
     if tuple(adv.shape) != tuple(batch.wave.shape):
         return BatchOutcome(False, f"output has shape {tuple(adv.shape)}, expected "
                                    f"{tuple(batch.wave.shape)} (same as batch.wave)", seconds=seconds)
@@ -176,9 +293,9 @@ def _validate_attack(out: Path, i: int, batch, rec: dict) -> BatchOutcome:
 
 
 def _validate_defense(batch, rec: dict) -> BatchOutcome:
-    seconds = float(rec.get("seconds") or 0.0) if isinstance(rec.get("seconds"), (int, float)) else 0.0
+    seconds = _seconds(rec)
     if not rec.get("ok"):
-        return BatchOutcome(False, str(rec.get("error") or "failed")[:4000], seconds=seconds)
+        return BatchOutcome(False, (rec.get("error") or "failed")[:4000], seconds=seconds)
     hyps = rec.get("transcripts")
     if not isinstance(hyps, list) or not all(isinstance(h, str) for h in hyps):
         return BatchOutcome(False, "transcribe() must return a list of str", seconds=seconds)
@@ -188,34 +305,137 @@ def _validate_defense(batch, rec: dict) -> BatchOutcome:
     return BatchOutcome(True, None, transcripts=[h[:10_000] for h in hyps], seconds=seconds)
 
 
+# ---- the job folder
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+
+
+def _unlock(path: str) -> None:
+    """Clear immutable/append-only flags (root only) and make a folder ours to empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            buf = bytearray(fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8))
+            flags = int.from_bytes(buf[:4], sys.byteorder)
+            if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+                flags &= ~(FS_IMMUTABLE_FL | FS_APPEND_FL)
+                fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags.to_bytes(4, sys.byteorder) + b"\0" * 4)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            os.chmod(path, 0o700)
+    except OSError:
+        pass
+
+
+def remove_tree(path) -> bool:
+    """Remove `path` whatever permissions or flags were set inside it; True when gone."""
+    path = str(path)
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return True
+    # something resisted: unlock every folder top-down (one we cannot list yet is
+    # unlocked first, then listed), then remove again
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        _unlock(p)
+        try:
+            if stat.S_ISDIR(os.lstat(p).st_mode):
+                with os.scandir(p) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            todo.append(e.path)
+                        else:
+                            _unlock(e.path)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
+
+# ---- running
+
 def _run_job(role: str, plugin: PluginSpec, model_path, batches, per_batch: list[dict], *,
              device: str, limits: SandboxLimits, trusted: bool, seed: int, effort: str,
              workdir) -> JobResult:
     submission_dir, model_path = Path(plugin.folder).resolve(), Path(model_path).resolve()
     if (role == "attack") != plugin.track.is_attack:
         return JobResult("error", f"{plugin.name} is a {plugin.track.value} submission, not a {role}")
-    limits = effective_limits(limits, plugin.limits)
+    try:
+        limits = effective_limits(limits, plugin.limits)
+    except ValueError as e:
+        return JobResult("error", f"{plugin.name}: submission.toml {e}")
     if not trusted:
         bwrap.require_sandbox()
     else:
         trusted_warning()
     map_uid = not trusted and bwrap.as_root()
     gpu = str(device).startswith("cuda")
-    own_dir = workdir is None
-    jobdir = Path(tempfile.mkdtemp(prefix="arena-job-")) if own_dir else Path(workdir)
-    if not own_dir:
-        jobdir.mkdir(parents=True, exist_ok=True)
-        jobdir = jobdir / f"job-{os.getpid()}-{time.time_ns()}"
+    if workdir is None:
+        jobdir = Path(tempfile.mkdtemp(prefix="arena-job-"))
+    else:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        jobdir = Path(workdir) / f"job-{os.getpid()}-{time.time_ns()}"
     try:
         job = {"role": role, "module": plugin.module, "class_name": plugin.class_name,
                "track": plugin.track.value, "device": str(device),
                "seed": seed, "effort": effort, "n_batches": len(batches), "threads": 1,
-               "drop_uid": bwrap.INNER_UID if map_uid else None}
-        _prepare(jobdir, submission_dir, model_path, batches, per_batch, job, map_uid)
+               "drop_uid": bwrap.INNER_UID if map_uid else None,
+               "cap_tmp": None if trusted else {"bytes": int(limits.tmp_mb) << 20,
+                                                "files": int(limits.max_files)}}
+        _prepare(jobdir, submission_dir, model_path, batches, per_batch, job)
         return _execute(jobdir, role, batches, limits, trusted, gpu, map_uid)
     finally:
-        if own_dir:
-            shutil.rmtree(jobdir, ignore_errors=True)
+        if not remove_tree(jobdir):
+            warnings.warn(f"could not remove the job folder {jobdir}", stacklevel=2)
+
+
+class _LogTail(threading.Thread):
+    """Keeps the first and the last bytes of the job's stdout/stderr in memory (a plugin
+    printing gigabytes costs the host no disk)."""
+
+    def __init__(self, fd: int):
+        super().__init__(name="arena-job-log", daemon=True)
+        self.fd, self.head, self.tail = fd, bytearray(), bytearray()
+        self._halt = threading.Event()
+
+    def stop(self, drain_s: float = 2.0) -> None:
+        """Finish: read what is left until EOF, or for at most `drain_s` (a process outside
+        the sandbox's PID namespace, in --trusted mode, may keep the pipe open)."""
+        self._until = time.monotonic() + drain_s
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if self._halt.is_set() and (not ready or time.monotonic() > self._until):
+                    return
+                if not ready:
+                    continue
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    return
+                if len(self.head) < 4096:
+                    self.head += chunk[:4096 - len(self.head)]
+                self.tail += chunk
+                if len(self.tail) > 2 * LOG_TAIL_BYTES:
+                    del self.tail[:-LOG_TAIL_BYTES]
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+
+    def text(self, n: int = 4000) -> str:
+        return bytes(self.tail[-n:]).decode(errors="replace")
 
 
 def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, map_uid) -> JobResult:
@@ -226,62 +446,111 @@ def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, m
     for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
         if gpu and k in os.environ:
             env[k] = os.environ[k]
+    # what may come back: status.json and, for attacks, one result per batch, each capped
+    caps = {"status.json": MAX_STATUS_BYTES}
+    if role == "attack":
+        caps.update({f"result-{i}.safetensors": b.wave.numel() * 4 + RESULT_SLACK
+                     for i, b in enumerate(batches)})
+    data_r, data_w = os.pipe()
+    log_r, log_w = os.pipe()
     argv = [bwrap.python_executable(), "-I", "-m", "arena.sandbox.worker"]
-    if trusted:
-        cmd = argv + [str(jobdir)]
-        preexec = bwrap.make_preexec(limits, gpu)
-    else:
-        cmd = bwrap.build_command(str(jobdir / "input"), str(out), argv + [bwrap.SANDBOX_ROOT],
-                                  env=env, gpu=gpu, map_uid=map_uid)
-        preexec = bwrap.make_preexec(limits, gpu)
-    log_path = jobdir / "log.txt"
+    control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
+                         max_tasks=int(limits.max_procs) + TASK_SLACK, cpu_s=limits.cpu_s,
+                         max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
+    rlimits = bwrap.make_preexec(limits, gpu)
+
+    def preexec():
+        control.preexec()
+        rlimits()
+
+    proc = None
+
+    def kill():
+        control.kill_members()
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    receiver = Receiver(data_r, str(out), caps, on_error=kill)
+    logger = _LogTail(log_r)
     t0 = time.time()
     timed_out = False
-    with open(log_path, "wb") as log:
+    try:
         try:
             if trusted:
-                full_env = {**os.environ, **env}
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=preexec, env=full_env,
-                                        cwd=str(jobdir))
+                proc = subprocess.Popen(argv + [str(jobdir), str(data_w)], stdin=subprocess.DEVNULL,
+                                        stdout=log_w, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=preexec, env={**os.environ, **env}, cwd=str(jobdir),
+                                        pass_fds=(data_w,))
+                proc.child_pid = None
             else:
-                proc = bwrap.spawn(cmd, preexec=preexec, stdout=log, map_uid=map_uid)
-        except OSError as e:
+                cmd = bwrap.build_command(str(jobdir / "input"), argv + [bwrap.SANDBOX_ROOT, str(data_w)],
+                                          env=env, gpu=gpu, tmp_mb=limits.tmp_mb, map_uid=map_uid)
+                proc = bwrap.spawn(cmd, preexec=preexec, stdout=log_w, map_uid=map_uid,
+                                   pass_fds=(data_w,))
+        except (OSError, subprocess.SubprocessError) as e:
+            os.close(data_r)
+            os.close(log_r)
+            control.finish()
             return JobResult("sandbox-error", f"could not start the sandbox: {e}")
+        finally:
+            os.close(data_w)   # the job holds the only write ends now: EOF when it is gone
+            os.close(log_w)
+        receiver.start()
+        logger.start()
+        control.watch(proc.pid, kill, inside_pid=proc.child_pid)
         try:
             rc = proc.wait(timeout=limits.wall_s)
         except subprocess.TimeoutExpired:
             timed_out = True
             rc = None
         finally:
-            # the whole tree: bwrap's process group; --die-with-parent and the PID namespace
-            # take everything inside with it (setsid/double-forked children included)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            # the whole tree: the cgroups, bwrap's process group; --die-with-parent and the
+            # PID namespace take everything inside with it (setsid/double-forked children too)
+            kill()
             if rc is None:
                 rc = proc.wait()
+    finally:
+        usage = control.finish()
+        for t in (receiver, logger):
+            if t.is_alive():
+                t.stop()
+                t.join()
     wall = time.time() - t0
-    log_tail = _tail(log_path)
-    status = _read_status(out) or {}
-    recs = status.get("batches") if isinstance(status.get("batches"), list) else []
+    log_tail = logger.text()
+    status, status_error = _read_status(out, len(batches))
+    if receiver.error:
+        status_error = None     # the stream was cut: what came before it is still valid
+    recs = status.get("batches", [])
     outcomes = []
     for i, batch in enumerate(batches):
-        rec = recs[i] if i < len(recs) and isinstance(recs[i], dict) else None
+        rec = recs[i] if i < len(recs) else None
         if rec is None:
             outcomes.append(BatchOutcome(False, None))
             continue
         outcomes.append(_validate_attack(out, i, batch, rec) if role == "attack"
                         else _validate_defense(batch, rec))
     loaded_at = status.get("loaded_at")
-    startup = (loaded_at - t0) if isinstance(loaded_at, (int, float)) and 0 <= loaded_at - t0 <= wall + 1 else 0.0
-    result = JobResult("ok", None, outcomes, _int(status.get("forward_calls")),
-                       _int(status.get("backward_calls")), wall, startup, log_tail)
+    startup = (loaded_at - t0) if loaded_at is not None and 0 <= loaded_at - t0 <= wall + 1 else 0.0
+    result = JobResult("ok", None, outcomes, status.get("forward_calls", 0),
+                       status.get("backward_calls", 0), wall, startup, log_tail,
+                       peak_memory_mb=usage.peak_memory_bytes / 2**20, cpu_s=usage.cpu_s,
+                       limits_via=usage.via)
     # why the missing batches are missing
     if timed_out:
         result.status = "timeout"
         result.error = f"wall-clock limit of {limits.wall_s:g} s reached; the job was killed"
+    elif control.violation:
+        result.status = "error"
+        result.error = control.violation
+    elif receiver.error:
+        result.status = "error"
+        result.error = f"the job's output was refused: {receiver.error}; the job was killed"
+    elif status_error:
+        result.status = "error"
+        result.error = f"the job's {status_error}"
     elif not status:
         if "bwrap:" in log_tail:
             result.status = "sandbox-error"
@@ -303,7 +572,8 @@ def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, m
         bad = [(i, o) for i, o in enumerate(outcomes) if not o.ok]
         if bad:
             result.status = "error"
-            result.error = f"{len(bad)} of {len(outcomes)} batches failed; batch {bad[0][0]}: {bad[0][1].error}"[:4000]
+            result.error = (f"{len(bad)} of {len(outcomes)} batches failed; "
+                            f"batch {bad[0][0]}: {bad[0][1].error}")[:4000]
     return result
 
 
@@ -318,7 +588,6 @@ def _exit_text(rc) -> str:
 
 
 def _budgets_for(budget, n: int):
-
     if isinstance(budget, (list, tuple)):
         if len(budget) != n:
             raise ValueError(f"{len(budget)} budgets for {n} batches")

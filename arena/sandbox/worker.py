@@ -1,19 +1,25 @@
-"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR`.
+"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR FD`.
 
 JOBDIR/input (read-only): job.json, batches.safetensors, model.safetensors, submission/.
-JOBDIR/output (the only writable path): status.json (rewritten atomically after every
+Output goes as frames over the pipe FD (channel.py): status.json (sent again after every
 batch) and result-<i>.safetensors (attacks: {"adv": tensor}) for each finished batch.
-The harness trusts none of it: it re-validates everything it reads.
+The harness trusts none of it: it caps and re-validates everything it receives.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
 import time
 import traceback
 
+from arena.sandbox.channel import send
+from arena.sandbox.control import FILES_SLACK
+
 T0 = time.time()
+MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
+WRITABLE = ("/tmp", "/dev/shm")   # the sandbox's only writable places (bwrap.build_command)
 
 
 def _tail(exc: BaseException, lines: int = 8) -> str:
@@ -22,11 +28,20 @@ def _tail(exc: BaseException, lines: int = 8) -> str:
     return head + "\n" + "\n".join(text[-lines:])
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+def _cap_writable(size_bytes: int, max_files: int) -> bool:
+    """Remount the sandbox's writable tmpfs (/tmp, /dev/shm) with a file-count cap
+    (nr_inodes; bwrap can only set their size). Possible while this process is root in the
+    sandbox's namespaces (the harness runs as root); otherwise the harness's watchdog
+    counts the files."""
+    if os.geteuid() != 0:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    ok = True
+    for path in WRITABLE:
+        opts = f"size={int(size_bytes)},nr_inodes={int(max_files) + FILES_SLACK}"
+        ok &= libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                         opts.encode()) == 0
+    return ok
 
 
 def _drop_privileges(uid: int) -> None:
@@ -38,19 +53,28 @@ def _drop_privileges(uid: int) -> None:
         raise RuntimeError("could not drop privileges")
 
 
-def main(jobdir: str) -> int:
-    inp, out = os.path.join(jobdir, "input"), os.path.join(jobdir, "output")
-    status_path = os.path.join(out, "status.json")
+def main(jobdir: str, fd: int) -> int:
+    inp = os.path.join(jobdir, "input")
     with open(os.path.join(inp, "job.json")) as f:
         job = json.load(f)
     status = {"started_at": T0, "loaded_at": None, "load_s": None, "load_error": None,
-              "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False}
-    _write_json(status_path, status)
+              "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
+              "tmp_capped": False}
+
+    def report() -> None:
+        send(fd, "status.json", json.dumps(status).encode())
+
+    if job.get("cap_tmp"):   # only ever in the sandbox: never remount the host's /tmp
+        try:
+            status["tmp_capped"] = _cap_writable(job["cap_tmp"]["bytes"], job["cap_tmp"]["files"])
+        except OSError:
+            pass
+    report()
 
     threads = int(job.get("threads", 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     torch.set_num_threads(threads)
     try:
@@ -70,11 +94,11 @@ def main(jobdir: str) -> int:
                              job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
-        _write_json(status_path, status)
+        report()
         return 3
     status["loaded_at"] = time.time()
     status["load_s"] = status["loaded_at"] - T0
-    _write_json(status_path, status)
+    report()
 
     role, seed = job["role"], int(job.get("seed", 0))
     for i, meta in enumerate(job["batches"]):
@@ -88,9 +112,7 @@ def main(jobdir: str) -> int:
                 adv = plugin.run(batch, model, Budget.parse(meta["budget"]))
                 if not isinstance(adv, torch.Tensor):
                     raise TypeError(f"run() returned {type(adv).__name__}, not a torch.Tensor")
-                path = os.path.join(out, f"result-{i}.safetensors")
-                save_file({"adv": adv.detach().to("cpu").contiguous()}, path + ".tmp")
-                os.replace(path + ".tmp", path)
+                send(fd, f"result-{i}.safetensors", save({"adv": adv.detach().to("cpu").contiguous()}))
             else:
                 hyps = plugin.transcribe(batch, model)
                 if not isinstance(hyps, (list, tuple)):
@@ -105,11 +127,11 @@ def main(jobdir: str) -> int:
         rec["seconds"] = time.time() - t
         status["batches"].append(rec)
         status["forward_calls"], status["backward_calls"] = model.forward_calls, model.backward_calls
-        _write_json(status_path, status)
+        report()
     status["done"] = True
-    _write_json(status_path, status)
+    report()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))
