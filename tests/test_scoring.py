@@ -1,6 +1,8 @@
 """Scoring formulas on hand-made cells, and the results store."""
+import json
 import multiprocessing as mp
 
+import numpy as np
 import pytest
 
 from arena.leaderboard import formulas
@@ -68,11 +70,15 @@ def test_model_robustness_and_transfer_tables():
     cells = [cell("defense", "pgd", "snr30", "none", edits=(2, 2)),
              cell("defense", "pgd", "snr30", "none", model="int4", edits=(4, 4))]
     table = formulas.model_robustness(formulas.cell_table(cells, clean))
-    assert table == [{"attack": "pgd", "dense": pytest.approx(3 / 8), "int4": pytest.approx(1.0)}]
+    assert [(r["attack"], r["model"]) for r in table] == [("pgd", "dense"), ("pgd", "int4")]
+    assert [r["delta_wer"] for r in table] == [pytest.approx(3 / 8), pytest.approx(1.0)]
+    assert all(r["ci_low"] <= r["delta_wer"] <= r["ci_high"] for r in table)
     transfer = [dict(cell("transfer", "pgd", "snr30", None, model="int4", edits=(1, 1)),
                      source_model="dense")]
-    assert formulas.transfer_table(transfer, clean) == [
-        {"attack": "pgd", "budget": "snr30", "int4": pytest.approx(0.25)}]
+    (row,) = formulas.transfer_table(transfer, clean)
+    assert (row["attack"], row["budget"], row["source_model"], row["model"]) == \
+        ("pgd", "snr30", "dense", "int4")
+    assert row["delta_wer"] == pytest.approx(0.25) and row["ci_low"] <= 0.25 <= row["ci_high"]
 
 
 def test_leaderboard_build_keeps_the_newest_cell_and_json_keys():
@@ -81,6 +87,272 @@ def test_leaderboard_build_keeps_the_newest_cell_and_json_keys():
     board = build(cells, {"last_run": {"profile": "quick", "split": "dev", "seed_tag": "t"}})
     assert board["attacks"][0]["score"] == pytest.approx(7 / 8)
     assert {"attacks", "targeted_attacks", "defenses"} <= set(board)
+
+
+# ---------------------------------------------------------------- issue 14: bounded scores
+def test_per_utterance_wer_is_capped_in_every_aggregate():
+    # a defense that answers 2,000 words on u1: that utterance costs 1.0, not 500
+    verbose = cell("defense", "pgd", "snr30", "none", edits=(2000, 0))
+    assert formulas.cell_wer(verbose) == pytest.approx(0.5)
+    (row,) = formulas.cell_table([verbose], CLEAN)
+    assert row["adv_wer"] == pytest.approx(0.5) and row["delta_wer"] <= 1.0
+    assert formulas.worst_case_wer([verbose]) == pytest.approx(0.5)
+    assert formulas.defense_scores([verbose], CLEAN)[0]["score"] == pytest.approx(0.5)
+    assert formulas.untargeted_attack_scores([row])[0]["score"] <= 1.0
+    cer = cell("defense", "cw", "snr30", "none", edits=(4, 4), track="targeted-attack",
+               target_exact=[False, False], target_char_edits=[900, 0], target_chars=[10, 10])
+    (row,) = formulas.cell_table([cer], CLEAN)
+    assert row["cer_to_target"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- issue 14: collusion
+def ucell(kind, attack=None, budget="snr30", defense=None, model="dense", edits=(), words=None,
+          track="attack", **extra):
+    """A cell over utterances u00, u01, ... (words default to 6 each)."""
+    words = list(words or [6] * len(edits))
+    m = dict(ids=[f"u{i:02d}" for i in range(len(edits))], word_edits=list(edits), words=words,
+             char_edits=[3 * e for e in edits], chars=[5 * n for n in words], track=track, **extra)
+    return dict(kind=kind, attack=attack, budget=budget, defense=defense, model=model, source_model=None,
+                metrics=m, error=None, created=1.0, split="dev", seed_tag="t", profile="quick")
+
+
+META = {"last_run": {"profile": "quick", "split": "dev", "seed_tag": "t"}}
+HONEST = ("none", "lowpass", "smoothing")
+N = 12
+
+
+def _colluding_world(with_sacrifice: bool) -> list[dict]:
+    """pgd really works; `wm` only adds a watermark (no effect on honest defenses); the
+    sacrificial defense is clean-honest but answers 2,000 words whenever it hears it."""
+    cells = [ucell("clean", defense=d, edits=[0] * N) for d in HONEST + ("sacrifice",)]
+    for i, d in enumerate(HONEST):
+        cells.append(ucell("defense", "pgd", defense=d, edits=[3 + (u + i) % 3 for u in range(N)]))
+        cells.append(ucell("defense", "wm", defense=d, edits=[(u + i) % 2 for u in range(N)]))
+    if with_sacrifice:
+        cells.append(ucell("defense", "pgd", defense="sacrifice", edits=[3] * N))
+        cells.append(ucell("defense", "wm", defense="sacrifice", edits=[2000] * N))
+    return cells
+
+
+def test_a_colluding_defense_moves_an_attack_score_at_most_by_the_bound():
+    honest = {r["name"]: r for r in build(_colluding_world(False), META)["attacks"]}
+    board = build(_colluding_world(True), META)
+    colluded = {r["name"]: r for r in board["attacks"]}
+    # the bound from the honest defenses' values alone (module docstring)
+    wm_values = [r["delta_wer"] for r in formulas.cell_table(
+        [c for c in _colluding_world(False) if c["kind"] == "defense" and c["attack"] == "wm"],
+        [c for c in _colluding_world(False) if c["kind"] == "clean"])]
+    bound = formulas.median_shift_bound(wm_values)
+    assert bound < 0.1
+    shift = colluded["wm"]["score"] - honest["wm"]["score"]
+    assert abs(shift) <= bound + 1e-12
+    assert abs(shift) <= colluded["wm"]["defense_influence_bound"] + 1e-12
+    # a mean over defenses put wm first (mean ΔWER ~ 83); the median keeps it below pgd
+    assert [r["name"] for r in board["attacks"]] == ["pgd", "wm"]
+    assert colluded["wm"]["score"] < 0.2 and "sacrifice" in colluded["wm"]["defenses"]
+
+
+def test_a_colluding_defense_cannot_buy_targeted_exact_matches():
+    def world(with_sacrifice):
+        cells = [ucell("clean", defense=d, edits=[0] * N) for d in HONEST + ("sacrifice",)]
+        defenses = HONEST + (("sacrifice",) if with_sacrifice else ())
+        for d in defenses:
+            hit = d == "sacrifice"   # it recognises the attack and answers the target
+            cells.append(ucell("defense", "cw", defense=d, edits=[6] * N, track="targeted-attack",
+                               target_exact=[hit or u == 0 for u in range(N)],
+                               target_char_edits=[0 if hit else 5] * N, target_chars=[20] * N))
+        return cells
+    before = build(world(False), META)["targeted_attacks"][0]["score"]
+    after = build(world(True), META)["targeted_attacks"][0]
+    assert before == pytest.approx(1 / N)
+    assert abs(after["score"] - before) <= after["defense_influence_bound"] + 1e-12
+    assert after["score"] == pytest.approx(1 / N)   # the mean would have given 0.31
+
+
+def test_a_regressed_defense_does_not_count_for_attacks():
+    cells = CLEAN + [cell("defense", "pgd", "snr30", "none", edits=(1, 1)),
+                     cell("defense", "pgd", "snr30", "bad", edits=(4, 4)),
+                     cell("defense", "pgd", "snr30", "lowpass", edits=(1, 1))]
+    assert formulas.eligible_defenses(CLEAN) == {"none", "lowpass"}
+    board = build(cells, META)
+    assert board["attacks"][0]["defenses"] == ["lowpass", "none"]
+    assert board["attacks"][0]["score"] == pytest.approx(1 / 8)
+
+
+def test_median_shift_bound_holds_for_any_answer():
+    import random
+    from statistics import median
+
+    rng = random.Random(3)
+    for _ in range(300):
+        others = [rng.uniform(-1, 1) for _ in range(rng.randint(1, 7))]
+        bound = formulas.median_shift_bound(others)
+        reached = [median(others + [x]) for x in (-1.0, 1.0, *(rng.uniform(-1, 1) for _ in range(20)))]
+        assert max(reached) - min(reached) <= bound + 1e-12
+        assert min(reached) - 1e-12 <= median(others) <= max(reached) + 1e-12
+        assert max(reached) - min(reached) >= bound - 1e-12   # and the bound is tight
+    assert formulas.median_shift_bound([0.3]) == pytest.approx(1.0)  # alone with `none`: x in [-1, 1]
+
+
+# ---------------------------------------------------------------- issue 16: intervals, ranks
+def _varied(n, offset=0, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    return [min(6, rng.choice([0, 0, 1, 2, 5, 6]) + offset) for _ in range(n)]
+
+
+def test_every_score_and_table_cell_has_an_interval_and_rank_range():
+    cells = [ucell("clean", defense=d, edits=_varied(N, seed=9) if d == "none" else [1] * N)
+             for d in ("none", "lowpass")]
+    cells += [ucell("clean", defense="none", model="int4", edits=[0] * N)]
+    for a, off in (("pgd", 1), ("fgsm", 0)):
+        for d in ("none", "lowpass"):
+            cells.append(ucell("defense", a, defense=d, edits=_varied(N, off, seed=1)))
+        cells.append(ucell("defense", a, defense="none", model="int4", edits=_varied(N, off, seed=2)))
+        cells.append(dict(ucell("transfer", a, model="int4", edits=_varied(N, seed=4)), source_model="dense"))
+    cells.append(ucell("defense", "cw", defense="none", edits=[6] * N, track="targeted-attack",
+                       target_exact=[u % 3 == 0 for u in range(N)], target_char_edits=[1] * N,
+                       target_chars=[20] * N))
+    board = build(cells, META)
+    from arena.leaderboard import render
+
+    data = render.to_json(board)
+    for key in ("attacks", "targeted_attacks", "defenses"):
+        assert data[key]
+        for r in data[key]:
+            assert r["ci_low"] <= r["score"] <= r["ci_high"], (key, r)
+            assert 1 <= r["rank_lo"] <= r["rank"] <= r["rank_hi"] <= len(data[key])
+    for r in data["defenses"]:
+        assert r["clean_wer_ci_low"] <= r["clean_wer"] <= r["clean_wer_ci_high"]
+    for key in ("model_robustness", "transfer", "clean"):
+        assert data[key] and all(r["ci_low"] <= r["delta_wer" if key != "clean" else "clean_wer"]
+                                 <= r["ci_high"] for r in data[key])
+    assert {r["model"] for r in data["model_robustness"]} == {"dense", "int4"}
+    assert any(r["ci_high"] - r["ci_low"] > 0.05 for r in data["model_robustness"])
+
+
+def test_paired_resampling_separates_a_consistent_difference_that_marginal_intervals_do_not():
+    # b makes one more word error than a on every utterance; the utterances vary so much
+    # that their intervals overlap, but every paired resample puts b ahead
+    base = _varied(N, seed=5)
+    cells = [ucell("clean", defense="none", edits=[0] * N),
+             ucell("defense", "a", defense="none", edits=base),
+             ucell("defense", "b", defense="none", edits=[e + 1 for e in base]),
+             ucell("defense", "twin", defense="none", edits=base)]
+    ranked = build(cells, META)["attacks"]
+    by = {r["name"]: r for r in ranked}
+    assert by["b"]["ci_low"] < by["a"]["ci_high"]                     # intervals overlap
+    assert (by["b"]["rank_lo"], by["b"]["rank_hi"]) == (1, 1)         # yet b is separated
+    # a and its twin are indistinguishable: they share a range
+    assert (by["a"]["rank_lo"], by["a"]["rank_hi"]) == (2, 3)
+    assert (by["twin"]["rank_lo"], by["twin"]["rank_hi"]) == (2, 3)
+
+
+def test_rank_ranges_rule():
+    rng = np.random.default_rng(0)
+    boot, other = rng.normal(size=1000), rng.normal(size=1000)
+    # 0 is far ahead; 2 beats 1 in every paired resample (same noise, +0.01); 3 has its own
+    # noise, so nothing separates it from 1 or 2; 4 has no resamples
+    reps = [np.r_[0, 5 + boot], np.r_[0, boot], np.r_[0, boot + 0.01], np.r_[0, other], None]
+    lo, hi = formulas.rank_ranges(reps, higher_is_better=True)
+    assert (lo, hi) == ([1, 3, 2, 2, 1], [2, 5, 4, 5, 5])
+    lo, hi = formulas.rank_ranges(reps, higher_is_better=False, tiers=[1, 0, 0, 0, 0])
+    assert (lo[0], hi[0]) == (5, 5)        # a worse tier is behind everyone
+
+
+def test_board_is_a_pure_function_of_the_cells():
+    import json
+    import random
+
+    cells = _colluding_world(True)
+    shuffled = cells[:]
+    random.Random(1).shuffle(shuffled)
+    a, b = build(cells, META), build(shuffled, META)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_intervals_narrow_with_more_utterances():
+    def width(n):
+        cells = [ucell("clean", defense="none", edits=[0] * n),
+                 ucell("defense", "pgd", defense="none", edits=_varied(n, seed=8))]
+        r = build(cells, META)["attacks"][0]
+        return r["ci_high"] - r["ci_low"]
+    assert width(200) < 0.5 * width(12)
+
+
+def test_build_is_fast_on_a_600_cell_board():
+    import time
+
+    cells = [ucell("clean", defense=d, model=m, edits=_varied(N, seed=1))
+             for d in ("none", "d1", "d2", "d3", "d4", "d5") for m in ("m0", "m1", "m2", "m3", "m4")]
+    for a in range(10):
+        for b in ("snr30", "snr35"):
+            for d in ("none", "d1", "d2", "d3", "d4", "d5"):
+                for m in ("m0", "m1", "m2", "m3", "m4"):
+                    cells.append(ucell("defense", f"a{a}", b, d, m, edits=_varied(N, a % 3, seed=a)))
+    t0 = time.perf_counter()
+    board = build(cells, META)
+    elapsed = time.perf_counter() - t0
+    assert len(board["cells"]) == 600 and len(board["attacks"]) == 10
+    assert elapsed < 3.0, f"build took {elapsed:.2f} s (vectorised: ~0.3 s on 2 cores)"
+
+
+# ---------------------------------------------------------------- issue 16: targeted audio
+def test_defense_score_counts_targeted_attack_audio():
+    cells = [cell("defense", "pgd", "snr30", "lowpass", edits=(0, 0)),
+             cell("defense", "cw", "snr30", "lowpass", edits=(4, 4), track="targeted-attack",
+                  target_exact=[True, True], target_char_edits=[0, 0], target_chars=[5, 5])]
+    (row,) = formulas.defense_scores(cells, CLEAN)
+    assert row["score"] == pytest.approx(1.0)   # without the targeted audio: 0.0
+
+
+# ---------------------------------------------------------------- issue 14: counters
+def test_query_counts_are_labelled_self_reported_everywhere():
+    from rich.console import Console
+
+    from arena.leaderboard import render
+
+    attack = cell("attack", "pgd", "snr30", None, edits=(0, 0))
+    attack["metrics"].update(forward_calls=7, backward_calls=5, counts_self_reported=True)
+    cells = CLEAN + [attack, cell("attack", "pgd", "linf0.003", None, edits=(0, 0)),
+                     cell("defense", "pgd", "snr30", "none", edits=(4, 4))]
+    cells[-2]["metrics"].update(forward_calls=3, backward_calls=1)
+    board = build(cells, META)
+    (row,) = board["attacks"]
+    assert (row["forward_calls_self_reported"], row["backward_calls_self_reported"],
+            row["queries_self_reported"]) == (10, 6, 16)
+    data = render.to_json(board)
+    text = json.dumps(data)
+    assert '"forward_calls"' not in text and '"backward_calls"' not in text
+    assert "queries_self_reported" in render.to_csv(board).splitlines()[0]
+    console = Console(record=True, width=300)
+    render.print_terminal(board, console)
+    out = console.export_text()
+    assert "queries_self_reported" in out and "10 fwd / 6 bwd" in out and "self-reported" in out
+    assert "0.875 [" in out   # the score with its interval
+
+
+def test_terminal_and_csv_show_intervals_and_rank_ranges():
+    from rich.console import Console
+
+    from arena.leaderboard import render
+
+    base = _varied(N, seed=5)
+    cells = [ucell("clean", defense="none", edits=[0] * N),
+             ucell("defense", "a", defense="none", edits=base),
+             ucell("defense", "twin", defense="none", edits=base)]
+    board = build(cells, META)
+    console = Console(record=True, width=300)
+    render.print_terminal(board, console)
+    out = console.export_text()
+    assert "1-2" in out and "[" in out
+    import csv
+    import io
+
+    rows = [r for r in csv.DictReader(io.StringIO(render.to_csv(board))) if r["track"] == "attacks"]
+    assert [r["rank_range"] for r in rows] == ["1-2", "1-2"]
+    assert all(r["score_95ci"].startswith(f"{float(r['score']):.3f} [") for r in rows)
 
 
 def test_store_put_is_idempotent_and_claims_exclude(tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from arena.leaderboard import formulas, safe_text
 
+AXES = ("kind", "attack", "budget", "defense", "model", "source_model")
+
 
 def latest(cells: list[dict]) -> list[dict]:
     """One cell per axes tuple: the newest (a changed submission gets new keys)."""
     best: dict[tuple, dict] = {}
     for c in cells:
-        axes = (c["kind"], c["attack"], c["budget"], c["defense"], c["model"], c["source_model"])
+        axes = tuple(c.get(k) for k in AXES)
         if axes not in best or c["created"] > best[axes]["created"]:
             best[axes] = c
     return list(best.values())
@@ -26,32 +28,34 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
                  and (c["defense"] in allowed or c["defense"] is None)]
     if run.get("models"):
         cells = [c for c in cells if c["model"] in set(run["models"])]
-    cells = latest(cells)
+    # a fixed order, so the board (resampling included) depends on the cells, not on their order
+    cells = sorted(latest(cells), key=lambda c: tuple(str(c.get(k)) for k in AXES))
     by_kind = {k: [c for c in cells if c["kind"] == k] for k in ("attack", "defense", "clean", "transfer")}
-    rows = formulas.cell_table(by_kind["defense"], by_kind["clean"])
-    clean_table = sorted(({"model": c["model"], "defense": c["defense"],
-                           "clean_wer": formulas.cell_wer(c), "error": c["error"]}
-                          for c in by_kind["clean"]), key=lambda r: (r["model"], r["defense"]))
+    # one resampler for the whole board: every interval and rank range is paired over utterances
+    rs = formulas.Resampler.of(by_kind["defense"] + by_kind["clean"] + by_kind["transfer"])
+    rows = formulas.cell_table(by_kind["defense"], by_kind["clean"], rs)
     attack_errors: dict[str, set[str]] = {}
     for c in by_kind["attack"]:
         if c["error"]:
             attack_errors.setdefault(c["attack"], set()).add(c["error"][:300])
-    attacks = formulas.untargeted_attack_scores(rows)
-    targeted = formulas.targeted_attack_scores(rows)
+    eligible = formulas.eligible_defenses(by_kind["clean"])
+    counts = formulas.self_reported_counts(by_kind["attack"])
+    attacks = formulas.untargeted_attack_scores(rows, eligible, counts)
+    targeted = formulas.targeted_attack_scores(rows, eligible, counts)
     for r in attacks + targeted:
         r["errors"] = sorted(set(r["errors"]) | attack_errors.get(r["name"], set()))
     # errors carry tracebacks and folders: the machine's paths become placeholders
-    return safe_text.redact_tree({
+    return safe_text.redact_tree(formulas.strip_private({
         "scope": {**scope, "n_utterances": run.get("n_utterances"), "budgets": run.get("budgets"),
                   "device": run.get("device"), "models": run.get("models")},
         "attacks": attacks,
         "targeted_attacks": targeted,
-        "defenses": formulas.defense_scores(by_kind["defense"], by_kind["clean"]),
+        "defenses": formulas.defense_scores(by_kind["defense"], by_kind["clean"], rs=rs),
         "model_robustness": formulas.model_robustness(rows),
-        "transfer": formulas.transfer_table(by_kind["transfer"], by_kind["clean"]),
+        "transfer": formulas.transfer_table(by_kind["transfer"], by_kind["clean"], rs),
         "budget_curves": formulas.budget_curve(rows),
-        "clean": clean_table,
+        "clean": formulas.clean_table(by_kind["clean"], rs),
         "cells": rows,
         "report": meta.get("last_run_report", {}),
         "not_scored": run.get("problems", []),
-    })
+    }))

@@ -1,21 +1,79 @@
 """Scores as pure functions of finished cells (DESIGN.md, Scoring).
 
 A cell is a dict like the store returns: kind, attack, budget, defense, model, error and
-`metrics` with per-utterance counts `word_edits`, `words`, `char_edits`, `chars` (and for
+`metrics` with per-utterance `ids`, `word_edits`, `words`, `char_edits`, `chars` (and for
 targeted attacks `target_exact`, `target_char_edits`, `target_chars`). Nothing here reads
-files or the clock, so the leaderboard is a pure render of the store.
+files or the clock, and the resampling has a fixed seed, so the leaderboard is a pure
+function of the store.
+
+Rules (docs/threat-model.md quotes this section)
+-------------------------------------------------
+Bounded per utterance. An utterance's word (char) edits count at most its reference length
+in every aggregate, so per-utterance WER is at most 1.0: a defense that answers 2,000 words
+costs 1.0 on that utterance, not 500, and every WER lies in [0, 1], every ΔWER in [-1, 1].
+
+Attack score. For each (model, budget) the attack's ΔWER is the MEDIAN over the eligible
+defenses: the reference `none` plus every defense whose clean WER is at most
+CLEAN_REGRESSION_MARGIN above the undefended model's (the defense table's `regressed`
+flag). The score is the mean of these medians over (model, budget). Targeted attacks: the
+same with the exact-match rate. Why: with a mean, one sacrificial defense that recognises
+an attack's watermark and answers garbage moved that attack to rank 1; eligibility only
+depends on a defense's own clean WER, so a colluder cannot exclude honest defenses.
+
+Bound. In one (model, budget) group let t_1 <= ... <= t_k be the values of the OTHER
+eligible defenses, with sentinels t_0 = -1 and t_(k+1) = +1 (values are bounded). Whatever
+one defense d answers (garbage, the target, a crash), and whether it takes part at all, the
+group's median stays in
+    k = 2m + 1:  [(t_m + t_(m+1)) / 2, (t_(m+1) + t_(m+2)) / 2]   (width (t_(m+2) - t_m) / 2)
+    k = 2m:      [t_m, t_(m+1)]                                    (width t_(m+1) - t_m)
+so d moves the attack's score by at most the mean of these widths over (model, budget):
+about half the spread of the honest defenses around their median (k >= 3). It is only
+small when several honest defenses take part: with `none` alone (k = 1) the width is 1
+(the median is then the mean of two), which is why the reference defenses are always run.
+The board publishes the bound per attack as `defense_influence_bound` (the largest over
+every defense taking part and a newcomer). j colluding defenses move each median by at
+most j order statistics of the others; a defense that fails the clean check counts for
+nothing.
+
+Intervals. Every score carries a 95% percentile bootstrap interval (`ci_low`, `ci_high`;
+secondary values `<name>_ci_low`, `<name>_ci_high`): N_BOOT resamples with replacement of
+the board's utterance ids, drawn once from BOOT_SEED and applied to every cell (paired:
+one resample reweights the same utterances in every cell, so comparisons between entries
+are resampled jointly). Eligibility and `regressed` are fixed at the point estimates.
+
+Rank ranges. Entry i is significantly better than j when it is better in at least 97.5% of
+the paired resamples (ties count against). rank_lo = 1 + the number of entries
+significantly better than i, rank_hi = N - the number significantly worse; both widened to
+contain the point rank. Entries that no resample separates share a range. Defenses: a
+regressed defense is always worse than any other; targeted attacks: ranges by exact-match
+only (the CER tie-break orders point ranks).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from statistics import mean
+from collections.abc import Iterable
+
+import numpy as np
 
 NO_DEFENSE = "none"
 CLEAN_REGRESSION_MARGIN = 0.05  # absolute clean-WER increase a defense may cost
+N_BOOT = 1000
+BOOT_SEED = 20240611
+SIGNIFICANT = 0.975   # fraction of paired resamples in which one entry must beat another
+CI = (2.5, 97.5)
+
+
+# ------------------------------------------------------------------ per-utterance counts
+def capped(edits, totals) -> list:
+    """Edits counted at most the reference length per utterance (per-utterance rate <= 1)."""
+    return [min(e, n) for e, n in zip(edits, totals)]
 
 
 def corpus_rate(edits, totals) -> float:
-    return sum(edits) / max(sum(totals), 1)
+    """Capped corpus rate: sum(min(edits, n)) / sum(n)."""
+    totals = list(totals)
+    return sum(capped(edits, totals)) / max(sum(totals), 1)
 
 
 def cell_wer(cell: dict) -> float:
@@ -28,6 +86,79 @@ def cell_cer(cell: dict) -> float:
     return corpus_rate(m["char_edits"], m["chars"])
 
 
+# ------------------------------------------------------------------ bootstrap
+class Resampler:
+    """Bootstrap weights over utterance ids, shared by every cell of a board (paired).
+
+    Row 0 of `w` is all ones (the point estimate), rows 1..N_BOOT count how often each id
+    was drawn, so every statistic is computed once for all replicates with the same code.
+    """
+
+    def __init__(self, ids: Iterable[str], n_boot: int = N_BOOT, seed: int = BOOT_SEED):
+        self.ids = sorted(set(ids))
+        self.pos = {u: i for i, u in enumerate(self.ids)}
+        n = len(self.ids)
+        self.w = np.ones((n_boot + 1, n))
+        if n and n_boot:
+            draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+            flat = (draws + n * np.arange(n_boot)[:, None]).ravel()
+            self.w[1:] = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n)
+        self._cache: dict = {}
+
+    @classmethod
+    def of(cls, cells: Iterable[dict], **kw) -> Resampler:
+        return cls((u for c in cells for u in c["metrics"].get("ids", [])), **kw)
+
+    def vectors(self, cell: dict, num: str, den: str | None, cap: bool = True):
+        """(numerator, denominator) per id of the board, 0 where the cell has no such id;
+        without `den` the denominator counts the cell's utterances."""
+        key = (id(cell), num, den)
+        if key not in self._cache:
+            m = cell["metrics"]
+            idx = [self.pos[u] for u in m["ids"]]
+            a, b = np.zeros(len(self.ids)), np.zeros(len(self.ids))
+            values = np.asarray(m[num], dtype=float)
+            totals = np.asarray(m[den], dtype=float) if den else np.ones(len(idx))
+            a[idx] = np.minimum(values, totals) if cap else values
+            b[idx] = totals
+            self._cache[key] = (cell, a, b)   # holding the cell keeps its id() unique
+        return self._cache[key][1:]
+
+    def rates(self, nums: np.ndarray, dens: np.ndarray) -> np.ndarray:
+        """(ids x k) numerators and denominators -> (replicates x k) rates."""
+        if nums.shape[1] == 0:
+            return np.zeros((self.w.shape[0], 0))
+        num, den = self.w @ nums, self.w @ dens
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1), np.where(num > 0, np.nan, 0.0))
+
+    def cell_rates(self, cells: list[dict], num: str, den: str | None) -> np.ndarray:
+        if not cells:
+            return np.zeros((self.w.shape[0], 0))
+        pairs = [self.vectors(c, num, den) for c in cells]
+        return self.rates(np.stack([p[0] for p in pairs], 1), np.stack([p[1] for p in pairs], 1))
+
+
+def interval(reps) -> tuple[float | None, float | None]:
+    """95% percentile interval of the resampled rows (row 0 is the point estimate)."""
+    if reps is None or len(reps) < 2:
+        return None, None
+    boot = np.asarray(reps)[1:]
+    if not np.isfinite(boot).all():
+        return None, None
+    lo, hi = np.percentile(boot, CI)
+    return float(lo), float(hi)
+
+
+def _with_ci(row: dict, name: str, reps, primary: bool = False) -> dict:
+    row[name] = _num(reps[0]) if reps is not None else None
+    lo, hi = interval(reps)
+    prefix = "" if primary else f"{name}_"
+    row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = lo, hi
+    return row
+
+
+# ------------------------------------------------------------------ cell rows
 def _clean_index(clean_cells):
     return {(c["defense"], c["model"]): c for c in clean_cells}
 
@@ -36,22 +167,41 @@ def delta_wer(cell: dict, clean: dict) -> float:
     return cell_wer(cell) - cell_wer(clean)
 
 
-def cell_table(defense_cells, clean_cells) -> list[dict]:
-    """One flat row per (attack, budget, defense, model) with clean/adv WER and ΔWER."""
+def cell_table(defense_cells, clean_cells, rs: Resampler | None = None) -> list[dict]:
+    """One flat row per (attack, budget, defense, model) with clean/adv WER and ΔWER (capped;
+    `ci_low`, `ci_high`: ΔWER's interval). Each row keeps its resampled values under the
+    private key `_rep` (stripped by build)."""
+    rs = rs or Resampler.of(list(defense_cells) + list(clean_cells))
     clean = _clean_index(clean_cells)
+    pairs = [(c, clean[(c["defense"], c["model"])]) for c in defense_cells
+             if (c["defense"], c["model"]) in clean]
+    if not pairs:
+        return []
+    cells = [c for c, _ in pairs]
+    bases = list({id(b): b for _, b in pairs}.values())
+    base_col = {id(b): i for i, b in enumerate(bases)}
+    adv = rs.cell_rates(cells, "word_edits", "words")
+    base = rs.cell_rates(bases, "word_edits", "words")[:, [base_col[id(b)] for _, b in pairs]]
+    delta = adv - base
+    lows, highs = (np.percentile(delta[1:], CI, axis=0) if delta.shape[0] > 1
+                   else (delta[0], delta[0]))
+    targeted = [i for i, c in enumerate(cells) if "target_exact" in c["metrics"]]
+    exact = rs.cell_rates([cells[i] for i in targeted], "target_exact", None)
+    to_target = rs.cell_rates([cells[i] for i in targeted], "target_char_edits", "target_chars")
+    tcol = {i: j for j, i in enumerate(targeted)}
     rows = []
-    for c in defense_cells:
-        base = clean.get((c["defense"], c["model"]))
-        if base is None:
-            continue
+    for i, c in enumerate(cells):
         m = c["metrics"]
         row = dict(attack=c["attack"], budget=c["budget"], defense=c["defense"], model=c["model"],
-                   track=m.get("track", "attack"), clean_wer=cell_wer(base), adv_wer=cell_wer(c),
-                   delta_wer=delta_wer(c, base), cer=cell_cer(c), snr_db=m.get("mean_snr_db"),
+                   track=m.get("track", "attack"), clean_wer=_num(base[0, i]), adv_wer=_num(adv[0, i]),
+                   delta_wer=_num(delta[0, i]), ci_low=_num(lows[i]), ci_high=_num(highs[i]),
+                   cer=cell_cer(c), snr_db=m.get("mean_snr_db"),
                    attack_error=m.get("attack_error"), error=c.get("error"))
-        if "target_exact" in m:
-            row["exact_match"] = mean(m["target_exact"]) if m["target_exact"] else 0.0
-            row["cer_to_target"] = corpus_rate(m["target_char_edits"], m["target_chars"])
+        row["_rep"] = {"delta_wer": delta[:, i], "adv_wer": adv[:, i]}
+        if i in tcol:
+            j = tcol[i]
+            row["exact_match"], row["cer_to_target"] = _num(exact[0, j]), _num(to_target[0, j])
+            row["_rep"].update(exact_match=exact[:, j], cer_to_target=to_target[:, j])
         rows.append(row)
     return rows
 
@@ -60,115 +210,287 @@ def _errors(rows, key="attack_error"):
     return sorted({r[key] for r in rows if r.get(key)})
 
 
-def untargeted_attack_scores(rows: list[dict]) -> list[dict]:
-    """Score = mean ΔWER over defenses x models (x budgets); higher ranks first."""
-    by_attack = defaultdict(list)
+# ------------------------------------------------------------------ attacks
+def eligible_defenses(clean_cells, margin: float = CLEAN_REGRESSION_MARGIN) -> set[str]:
+    """`none` and every defense whose mean clean WER is within `margin` of `none`'s."""
+    clean = _clean_index(clean_cells)
+    base = _mean([cell_wer(c) for (d, _), c in clean.items() if d == NO_DEFENSE])
+    out = {NO_DEFENSE}
+    for defense in {d for d, _ in clean}:
+        wer = _mean([cell_wer(c) for (d, _), c in clean.items() if d == defense])
+        if wer is None or base is None or wer - base <= margin:
+            out.add(defense)
+    return out
+
+
+def median_shift_bound(others) -> float:
+    """How far one defense can move the median of its value together with `others` (the
+    values of the other eligible defenses), whatever it answers: see the module docstring."""
+    t = [-1.0] + sorted(float(v) for v in others) + [1.0]   # sentinels t_0, t_(k+1)
+    k = len(t) - 2
+    m = k // 2
+    return (t[m + 2] - t[m]) / 2 if k % 2 else t[m + 1] - t[m]
+
+
+def _influence_bound(groups: dict, primary: str) -> float | None:
+    """Largest move of the score (mean over groups of medians) that any single defense
+    taking part, or a newcomer, can cause."""
+    if not groups:
+        return None
+    defenses = {r["defense"] for rs in groups.values() for r in rs}
+    worst = 0.0
+    for d in defenses | {None}:   # None: a defense that is not on the board yet
+        shifts = [median_shift_bound(r[primary] for r in rs
+                                     if r["defense"] != d and r[primary] is not None)
+                  for rs in groups.values()]
+        worst = max(worst, sum(shifts) / len(shifts))
+    return worst
+
+
+def _attack_scores(rows: list[dict], track: str, keys: tuple[str, ...],
+                   eligible: set[str] | None, counts: dict | None) -> list[dict]:
+    by_attack: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["track"] == "attack":
-            by_attack[r["attack"]].append(r)
+        if r["track"] == track:
+            by_attack[r["attack"]][(r["model"], r["budget"])].append(r)
     out = []
-    for name, rs in by_attack.items():
+    for name, groups in by_attack.items():
+        all_rows = [r for rs in groups.values() for r in rs]
+        kept = {g: [r for r in rs if eligible is None or r["defense"] in eligible
+                    or r["defense"] == NO_DEFENSE] for g, rs in groups.items()}
+        kept = {g: rs for g, rs in kept.items() if rs}
+        medians = {k: {g: np.median(np.stack([r["_rep"][k] for r in rs]), axis=0)
+                       for g, rs in kept.items()} for k in keys}
+        row: dict = dict(name=name)
+        for i, k in enumerate(keys):
+            reps = np.mean(list(medians[k].values()), axis=0) if kept else None
+            _with_ci(row, "score" if i == 0 else k, reps, primary=i == 0)
+            if i == 0:
+                row["_score"] = reps
         per_budget = defaultdict(list)
-        for r in rs:
-            per_budget[r["budget"]].append(r["delta_wer"])
-        out.append(dict(name=name, score=mean(r["delta_wer"] for r in rs),
-                        adv_wer=mean(r["adv_wer"] for r in rs),
-                        snr_db=_mean_finite(r["snr_db"] for r in rs),
-                        by_budget={b: mean(v) for b, v in sorted(per_budget.items())},
-                        cells=len(rs), errors=_errors(rs)))
-    return _ranked(out, key=lambda r: -r["score"])
+        for (_, budget), v in medians[keys[0]].items():
+            per_budget[budget].append(v[0])
+        row.update(by_budget={b: float(np.mean(v)) for b, v in sorted(per_budget.items())},
+                   defenses=sorted({r["defense"] for rs in kept.values() for r in rs}),
+                   defense_influence_bound=_influence_bound(kept, keys[0]),
+                   cells=len(all_rows), errors=_errors(all_rows))
+        row.update(_counts(counts, name))
+        out.append(row)
+    return out
 
 
-def targeted_attack_scores(rows: list[dict]) -> list[dict]:
-    """Score = exact-match rate of the target transcript; ties broken by lower CER to target."""
-    by_attack = defaultdict(list)
+def untargeted_attack_scores(rows: list[dict], eligible: set[str] | None = None,
+                             counts: dict | None = None) -> list[dict]:
+    """Score = mean over (model, budget) of the median ΔWER over eligible defenses (all
+    defenses in `rows` when `eligible` is None); higher ranks first."""
+    out = _attack_scores(rows, "attack", ("delta_wer", "adv_wer"), eligible, counts)
+    snr = defaultdict(list)
     for r in rows:
-        if r["track"] == "targeted-attack":
-            by_attack[r["attack"]].append(r)
-    out = [dict(name=name, score=mean(r["exact_match"] for r in rs),
-                cer_to_target=mean(r["cer_to_target"] for r in rs),
-                delta_wer=mean(r["delta_wer"] for r in rs), cells=len(rs), errors=_errors(rs))
-           for name, rs in by_attack.items()]
-    return _ranked(out, key=lambda r: (-r["score"], r["cer_to_target"]))
+        snr[r["attack"]].append(r["snr_db"])
+    for row in out:
+        row["snr_db"] = _mean_finite(snr[row["name"]])
+    return _ranked(out, key=lambda r: -_sortable(r["score"]), higher_is_better=True,
+                   tier=lambda r: int(r["score"] is None))
 
 
-def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_MARGIN) -> list[dict]:
-    """Robust WER under the worst untargeted attack per utterance (AutoAttack style),
-    per (model, budget), averaged; lower ranks first. A defense whose clean WER is more
-    than `margin` above the undefended model's is marked and ranked after all others."""
+def targeted_attack_scores(rows: list[dict], eligible: set[str] | None = None,
+                           counts: dict | None = None) -> list[dict]:
+    """Score = mean over (model, budget) of the median exact-match rate of the target over
+    eligible defenses; ties broken by lower CER to the target."""
+    out = _attack_scores(rows, "targeted-attack", ("exact_match", "cer_to_target", "delta_wer"),
+                         eligible, counts)
+    return _ranked(out, key=lambda r: (-_sortable(r["score"]), _sortable(r["cer_to_target"], 1)),
+                   higher_is_better=True, tier=lambda r: int(r["score"] is None))
+
+
+def self_reported_counts(attack_cells) -> dict[str, dict]:
+    """Forward/backward calls per attack, summed over its attack cells. The plugin's own
+    process counts them, so they can be forged: every name says `self_reported`."""
+    out: dict[str, dict] = defaultdict(lambda: {"forward_calls_self_reported": 0,
+                                                "backward_calls_self_reported": 0})
+    for c in attack_cells:
+        m = c["metrics"]
+        for what in ("forward_calls", "backward_calls"):
+            v = m.get(f"{what}_self_reported", m.get(what))
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[c["attack"]][f"{what}_self_reported"] += int(v)
+    for v in out.values():
+        v["queries_self_reported"] = v["forward_calls_self_reported"] + v["backward_calls_self_reported"]
+    return dict(out)
+
+
+def _counts(counts: dict | None, name: str) -> dict:
+    keys = ("queries_self_reported", "forward_calls_self_reported", "backward_calls_self_reported")
+    found = (counts or {}).get(name, {})
+    return {k: found.get(k) for k in keys}
+
+
+# ------------------------------------------------------------------ defenses
+def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_MARGIN,
+                   rs: Resampler | None = None) -> list[dict]:
+    """Robust WER under the worst attack per utterance (AutoAttack style) over every attack's
+    audio, targeted attacks' included, per (model, budget), averaged; lower ranks first. A
+    defense whose clean WER is more than `margin` above the undefended model's is marked
+    and ranked after all others."""
+    rs = rs or Resampler.of(list(defense_cells) + list(clean_cells))
     clean = _clean_index(clean_cells)
     groups = defaultdict(list)  # (defense, model, budget) -> cells
     for c in defense_cells:
-        if c["metrics"].get("track", "attack") == "attack":
-            groups[(c["defense"], c["model"], c["budget"])].append(c)
+        groups[(c["defense"], c["model"], c["budget"])].append(c)
+    keys = sorted(groups, key=lambda g: tuple(str(x) for x in g))
+    worst = _worst_case_reps([groups[g] for g in keys], rs)
     robust = defaultdict(list)
-    for (defense, _model, _budget), cells in groups.items():
-        robust[defense].append(worst_case_wer(cells))
+    for j, (defense, _model, _budget) in enumerate(keys):
+        robust[defense].append(worst[:, j])
+    clean_cells_of = defaultdict(list)
+    for (d, _), c in sorted(clean.items()):
+        clean_cells_of[d].append(c)
+    base = _mean([cell_wer(c) for c in clean_cells_of.get(NO_DEFENSE, [])])
     out = []
     for defense, values in robust.items():
-        clean_wers = [cell_wer(c) for (d, _), c in clean.items() if d == defense]
-        base_wers = [cell_wer(c) for (d, _), c in clean.items() if d == NO_DEFENSE]
-        clean_wer = mean(clean_wers) if clean_wers else float("nan")
-        base = mean(base_wers) if base_wers else clean_wer
+        row = _with_ci(dict(name=defense), "score", np.mean(values, axis=0), primary=True)
+        row["_score"] = np.mean(values, axis=0)
+        cw = clean_cells_of.get(defense, [])
+        _with_ci(row, "clean_wer", rs.cell_rates(cw, "word_edits", "words").mean(axis=1) if cw else None)
+        regression = (row["clean_wer"] - (base if base is not None else row["clean_wer"])
+                      if row["clean_wer"] is not None else None)
         errors = sorted({c["error"] for c in defense_cells if c["defense"] == defense and c.get("error")}
-                        | {c["error"] for (d, _), c in clean.items() if d == defense and c.get("error")})
-        out.append(dict(name=defense, score=mean(values), clean_wer=clean_wer,
-                        clean_regression=clean_wer - base,
-                        regressed=bool(clean_wer - base > margin), cells=len(values), errors=errors))
-    return _ranked(out, key=lambda r: (r["regressed"], r["score"]))
+                        | {c["error"] for c in cw if c.get("error")})
+        row.update(clean_regression=regression,
+                   regressed=bool(regression is not None and regression > margin),
+                   cells=len(values), errors=errors)
+        out.append(row)
+    return _ranked(out, key=lambda r: (r["regressed"], _sortable(r["score"], 1)),
+                   higher_is_better=False, tier=lambda r: int(r["regressed"]))
+
+
+def _worst_case_reps(groups: list[list[dict]], rs: Resampler) -> np.ndarray:
+    """Per group, per utterance the largest capped word-edit count over its cells; then the
+    corpus WER of that, for every replicate (replicates x groups)."""
+    if not groups:
+        return np.zeros((rs.w.shape[0], 0))
+    nums, dens = [], []
+    for cells in groups:
+        pairs = [rs.vectors(c, "word_edits", "words") for c in cells]
+        nums.append(np.max([p[0] for p in pairs], axis=0))
+        dens.append(np.max([p[1] for p in pairs], axis=0))
+    return rs.rates(np.stack(nums, 1), np.stack(dens, 1))
 
 
 def worst_case_wer(cells: list[dict]) -> float:
-    """Per utterance, the largest word-edit count over the attacks; then corpus WER."""
-    worst: dict[str, int] = {}
-    words: dict[str, int] = {}
-    for c in cells:
-        m = c["metrics"]
-        for uid, e, n in zip(m["ids"], m["word_edits"], m["words"]):
-            worst[uid] = max(worst.get(uid, 0), e)
-            words[uid] = n
-    return corpus_rate(worst.values(), [words[u] for u in worst])
+    """Per utterance, the largest (capped) word-edit count over the attacks; then corpus WER."""
+    return float(_worst_case_reps([cells], Resampler.of(cells, n_boot=0))[0, 0])
+
+
+# ------------------------------------------------------------------ tables
+def clean_table(clean_cells, rs: Resampler | None = None) -> list[dict]:
+    """Clean WER per (model, defense) with its interval."""
+    cells = sorted(clean_cells, key=lambda c: (c["model"], c["defense"]))
+    rs = rs or Resampler.of(cells)
+    reps = rs.cell_rates(cells, "word_edits", "words")
+    return [_with_ci({"model": c["model"], "defense": c["defense"]}, "clean_wer", reps[:, i], primary=True)
+            | {"error": c["error"]} for i, c in enumerate(cells)]
 
 
 def model_robustness(rows: list[dict], defense: str = NO_DEFENSE) -> list[dict]:
-    """ΔWER of each untargeted attack on each model without defense (mean over budgets)."""
-    table: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """ΔWER of each untargeted attack on each model without defense (mean over budgets),
+    one row per (attack, model)."""
+    table: defaultdict[tuple[str, str], list] = defaultdict(list)
     for r in rows:
         if r["defense"] == defense and r["track"] == "attack":
-            table[r["attack"]][r["model"]].append(r["delta_wer"])
-    return [dict(attack=a, **{m: mean(v) for m, v in sorted(models.items())})
-            for a, models in sorted(table.items())]
+            table[(r["attack"], r["model"])].append(r["_rep"]["delta_wer"])
+    return [_with_ci(dict(attack=a, model=m), "delta_wer", np.mean(v, axis=0), primary=True)
+            | {"budgets": len(v)} for (a, m), v in sorted(table.items())]
 
 
-def transfer_table(transfer_cells, clean_cells) -> list[dict]:
-    """ΔWER on each model of audio crafted against the source (dense) model, no defense."""
+def transfer_table(transfer_cells, clean_cells, rs: Resampler | None = None) -> list[dict]:
+    """ΔWER on each model of audio crafted against the source (dense) model, no defense; one
+    row per (attack, budget, source model, model)."""
+    rs = rs or Resampler.of(list(transfer_cells) + list(clean_cells))
     clean = _clean_index(clean_cells)
-    table: defaultdict[tuple[str, str], defaultdict[str, list[float]]] = \
-        defaultdict(lambda: defaultdict(list))
-    for c in transfer_cells:
-        base = clean.get((NO_DEFENSE, c["model"]))
-        if base is not None:
-            table[(c["attack"], c["budget"])][c["model"]].append(delta_wer(c, base))
-    return [dict(attack=a, budget=b, **{m: mean(v) for m, v in sorted(models.items())})
-            for (a, b), models in sorted(table.items())]
+    cells = [c for c in transfer_cells if (NO_DEFENSE, c["model"]) in clean]
+    adv = rs.cell_rates(cells, "word_edits", "words")
+    base = rs.cell_rates([clean[(NO_DEFENSE, c["model"])] for c in cells], "word_edits", "words")
+    table: defaultdict[tuple, list] = defaultdict(list)
+    for i, c in enumerate(cells):
+        table[(c["attack"], c["budget"], c.get("source_model"), c["model"])].append(adv[:, i] - base[:, i])
+    return [_with_ci(dict(attack=a, budget=b, source_model=s, model=m), "delta_wer",
+                     np.mean(v, axis=0), primary=True)
+            for (a, b, s, m), v in sorted(table.items(), key=lambda kv: tuple(map(str, kv[0])))]
 
 
 def budget_curve(rows: list[dict], defense: str = NO_DEFENSE) -> dict[str, dict[str, float]]:
     """attack -> budget -> mean ΔWER over models (for ΔWER-versus-budget plots)."""
     acc: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["defense"] == defense:
+        if r["defense"] == defense and r["delta_wer"] is not None:
             acc[r["attack"]][r["budget"]].append(r["delta_wer"])
-    return {a: {b: mean(v) for b, v in bs.items()} for a, bs in acc.items()}
+    return {a: {b: float(np.mean(v)) for b, v in bs.items()} for a, bs in acc.items()}
+
+
+# ------------------------------------------------------------------ helpers
+def _num(v) -> float | None:
+    """A finite float, or None (JSON has no NaN)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _sortable(v, missing: float = -1.0) -> float:
+    return missing if v is None else v
 
 
 def _mean_finite(values):
     vals = [v for v in values if v is not None and v == v and abs(v) != float("inf")]
-    return mean(vals) if vals else None
+    return sum(vals) / len(vals) if vals else None
 
 
-def _ranked(rows, key):
+def _ranked(rows, key, higher_is_better: bool, tier=None):
+    """Point ranks by `key`, rank ranges from the paired resamples in each row's `_score`."""
     rows = sorted(rows, key=lambda r: (key(r), r["name"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
+    lo, hi = rank_ranges([r.get("_score") for r in rows], higher_is_better,
+                         [tier(r) if tier else 0 for r in rows])
+    for i, r in enumerate(rows):
+        r["rank_lo"], r["rank_hi"] = min(lo[i], i + 1), max(hi[i], i + 1)
     return rows
+
+
+def rank_ranges(reps: list, higher_is_better: bool = True, tiers: list[int] | None = None):
+    """(rank_lo, rank_hi) lists by the rule in the module docstring. `reps`: per entry its
+    resampled scores (row 0 the point estimate) or None (never separated from others)."""
+    n = len(reps)
+    if n == 0:
+        return [], []
+    tier = np.asarray(tiers if tiers is not None else [0] * n)
+    width = max((len(r) for r in reps if r is not None), default=1)
+    s = np.full((n, max(width - 1, 0)), np.nan)
+    for i, r in enumerate(reps):
+        if r is not None and len(r) == width:
+            s[i] = np.asarray(r)[1:] * (1 if higher_is_better else -1)
+    if s.shape[1]:
+        beats = (s[:, None, :] > s[None, :, :]).mean(axis=2) >= SIGNIFICANT
+    else:
+        beats = np.zeros((n, n), bool)
+    beats |= tier[:, None] < tier[None, :]
+    beats &= ~(tier[:, None] > tier[None, :])
+    np.fill_diagonal(beats, False)
+    rank_lo = 1 + beats.sum(axis=0)      # entries that beat i
+    rank_hi = n - beats.sum(axis=1)      # entries i beats
+    return [int(v) for v in rank_lo], [int(v) for v in rank_hi]
+
+
+def strip_private(obj):
+    """The board without resampled arrays (keys starting with '_')."""
+    if isinstance(obj, dict):
+        return {k: strip_private(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list):
+        return [strip_private(v) for v in obj]
+    return obj

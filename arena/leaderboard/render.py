@@ -26,15 +26,60 @@ def _fmt(v, digits=3):
 
 
 TRACK_COLUMNS = {
-    "attacks": ["rank", "name", "score", "adv_wer", "snr_db", "cells", "errors"],
-    "targeted_attacks": ["rank", "name", "score", "cer_to_target", "delta_wer", "cells", "errors"],
+    "attacks": ["rank", "name", "score", "adv_wer", "snr_db", "queries_self_reported", "cells", "errors"],
+    "targeted_attacks": ["rank", "name", "score", "cer_to_target", "delta_wer", "queries_self_reported",
+                         "cells", "errors"],
     "defenses": ["rank", "name", "score", "clean_wer", "regressed", "cells", "errors"],
 }
 TRACK_TITLES = {
-    "attacks": "Untargeted attacks — score: mean ΔWER over defenses × models × budgets (higher is stronger)",
-    "targeted_attacks": "Targeted attacks — score: exact-match rate of the target (higher is stronger)",
-    "defenses": "Defenses — score: WER under the worst attack per utterance (lower is better)",
+    "attacks": "Untargeted attacks — score: median ΔWER over eligible defenses, mean over models × "
+               "budgets (higher is stronger)",
+    "targeted_attacks": "Targeted attacks — score: exact-match rate of the target, median over eligible "
+                        "defenses (higher is stronger)",
+    "defenses": "Defenses — score: WER under the worst attack per utterance, targeted attacks included "
+                "(lower is better)",
 }
+LEGEND = ("[low, high]: 95% bootstrap interval over utterances; rank a-b: ranks the paired bootstrap "
+          "cannot separate; eligible defenses: `none` and those without clean-WER regression; "
+          "query counts (fwd/bwd calls) are self-reported by the plugin's process and can be forged")
+PRIMARY = {"attacks": "score", "targeted_attacks": "score", "defenses": "score", "cells": "delta_wer",
+           "model_robustness": "delta_wer", "transfer": "delta_wer", "clean": "clean_wer"}
+
+
+def _show(r: dict, c: str, primary: str = "score") -> str:
+    """A value as displayed: a rank as its range, a score with its 95% interval."""
+    if c == "rank" and r.get("rank_lo") is not None:
+        lo, hi = r["rank_lo"], r["rank_hi"]
+        return str(lo) if lo == hi else f"{lo}-{hi}"
+    if c == "queries_self_reported" and r.get(c) is not None:
+        return f"{r.get('forward_calls_self_reported')} fwd / {r.get('backward_calls_self_reported')} bwd"
+    keys = ("ci_low", "ci_high") if c == primary else (f"{c}_ci_low", f"{c}_ci_high")
+    lo, hi = r.get(keys[0]), r.get(keys[1])
+    if isinstance(r.get(c), float) and lo is not None and hi is not None:
+        return f"{_fmt(r[c])} [{lo:.2f}, {hi:.2f}]"
+    return _fmt(r.get(c))
+
+
+def _wide(rows: list[dict], index: tuple[str, ...], primary: str = "delta_wer") -> list[dict]:
+    """Long rows (one per model) as one display row per `index` with a column per model."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r.get(k) for k in index)
+        out.setdefault(key, dict(zip(index, key)))[r["model"]] = _show(r, primary, primary)
+    return list(out.values())
+
+
+def _frame(board: dict, key: str) -> pd.DataFrame:
+    """A table for CSV: the numbers, and in front the displayed rank range and interval."""
+    df = pd.DataFrame(board[key])
+    primary = PRIMARY.get(key, "")
+    if df.empty or primary not in df.columns:
+        return df
+    rows = board[key]
+    df.insert(0, f"{primary}_95ci", [_show(r, primary, primary) for r in rows])
+    if "rank_lo" in df.columns:
+        df.insert(0, "rank_range", [_show(r, "rank") for r in rows])
+    return df
 
 
 def scope_line(board: dict) -> str:
@@ -55,18 +100,19 @@ def print_terminal(board: dict, console=None) -> None:
         for c in cols:
             table.add_column(c)
         for r in board[key]:
-            table.add_row(*[cell(_fmt(r.get(c))) for c in cols])
+            table.add_row(*[cell(_show(r, c)) for c in cols])
         console.print(table)
     if board["model_robustness"]:
-        models = sorted({k for r in board["model_robustness"] for k in r if k != "attack"})
+        models = sorted({r["model"] for r in board["model_robustness"]})
         table = Table(title="ΔWER per target model, no defense (how compression changes robustness)",
                       title_justify="left")
         table.add_column("attack")
         for m in models:
             table.add_column(cell(m))
-        for r in board["model_robustness"]:
+        for r in _wide(board["model_robustness"], ("attack",)):
             table.add_row(cell(r["attack"]), *[cell(_fmt(r.get(m))) for m in models])
         console.print(table)
+    console.print(Text(LEGEND, style="dim"))
     for problem in board.get("not_scored", []):
         console.print(Text.assemble(("not scored", "red"), ": ", cell(problem)))
 
@@ -78,7 +124,7 @@ def write_files(board: dict, out_dir) -> list[Path]:
     written = []
     for key in ("attacks", "targeted_attacks", "defenses", "model_robustness", "transfer", "clean", "cells"):
         path = out / f"{key}.csv"
-        safe_text.csv_frame(pd.DataFrame(board[key])).to_csv(path, index=False)
+        safe_text.csv_frame(_frame(board, key)).to_csv(path, index=False)
         written.append(path)
     path = out / "leaderboard.json"
     path.write_text(json.dumps(to_json(board), indent=2, default=str))
@@ -99,7 +145,7 @@ def to_json(board: dict) -> dict:
 def to_csv(board: dict) -> str:
     frames = []
     for key in ("attacks", "targeted_attacks", "defenses"):
-        df = pd.DataFrame(board[key])
+        df = _frame(board, key)
         if not df.empty:
             df.insert(0, "track", key)
             frames.append(df.drop(columns=[c for c in ("by_budget",) if c in df.columns]))
@@ -167,7 +213,7 @@ def _html_table(rows: list[dict], columns: list[str] | None = None) -> str:
         return "<p><em>no results</em></p>"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{safe_text.html(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{safe_text.html(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{safe_text.html(_show(r, c))}</td>" for c in columns) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -180,9 +226,9 @@ def to_html(board: dict) -> str:
         parts.append(f"<h2>{safe_text.html(TRACK_TITLES[key])}</h2>" + _html_table(board[key], cols))
     parts.append("<h2>ΔWER per target model (no defense)</h2>"
                  "<p>How compression changes robustness: the same attack, crafted against each model.</p>"
-                 + _html_table(board["model_robustness"]))
+                 + _html_table(_wide(board["model_robustness"], ("attack",))))
     parts.append("<h2>Transfer: audio crafted on the dense model, transcribed by each model</h2>"
-                 + _html_table(board["transfer"]))
+                 + _html_table(_wide(board["transfer"], ("attack", "budget", "source_model"))))
     parts.append("<h2>Clean WER per model and defense</h2>" + _html_table(board["clean"]))
     if board.get("not_scored"):
         parts.append("<h2>Not scored</h2><ul>" + "".join(
