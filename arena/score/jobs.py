@@ -18,8 +18,7 @@ from arena.core.budget import Budget
 from arena.data.batching import length_batches
 from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_job
 from arena.score.enforce import enforce_budget, rounded_snr
-from arena.score.plan import (AttackJob, CellKind, DefenseGroup, DefenseRound, Grid,
-                              TransferJob)
+from arena.score.plan import AttackJob, CellKind, DefenseGroup, DefenseRound, Grid, TransferJob
 from arena.zoo.registry import load_model
 
 
@@ -129,12 +128,12 @@ def run_defense_round(job: DefenseRound, grid: Grid, ctx: RunContext) -> JobOutp
                              effort=grid.profile.effort, limits=ctx.limits())
     out = JobOutput()
     _sandbox_output(result, out, f"defense {job.name}")
-    for b, (idx, batch) in enumerate(plan):
+    for b, (_, batch) in enumerate(plan):
         outcome = result.batches[b] if b < len(result.batches) else None
-        ok = outcome is not None and outcome.ok and outcome.transcripts is not None
+        texts = outcome.transcripts if outcome is not None and outcome.ok else None
         for row, name in enumerate(batch.ids):
-            out.answers[name] = outcome.transcripts[row] if ok else None
-            if not ok:
+            out.answers[name] = texts[row] if texts is not None else None
+            if texts is None:
                 out.errors[name] = (outcome.error if outcome else None) or result.error or "no output"
     return out
 
@@ -152,8 +151,9 @@ def defense_cells(group: DefenseGroup, outputs: list[JobOutput], grid: Grid) -> 
     for v, s in enumerate(group.sets):
         hyps = {uid: answers.get((v, uid)) for uid in s.ids}
         errors = {why[(v, uid)] for uid in s.ids if (v, uid) in why}
-        m = transcript_metrics(grid, hyps, targeted=s.attack is not None and s.attack.track == "targeted-attack")
-        if s.attack_cell is not None:
+        targeted = s.attack is not None and s.attack.track == "targeted-attack"
+        m = transcript_metrics(grid, hyps, targeted=targeted)
+        if s.attack is not None and s.attack_cell is not None:
             m.update(track=s.attack.track, mean_snr_db=s.attack_cell["metrics"].get("mean_snr_db"),
                      attack_error=s.attack_cell["error"])
         axes = grid.axes(attack=s.attack.name if s.attack else None, budget=s.budget,
@@ -194,7 +194,7 @@ def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     for s in job.sets:
         ids = list(s.ids)
         hyps: dict[str, str | None] = {}
-        for idx, batch in _batches(grid, [s.waves[u] for u in ids], ids):
+        for _, batch in _batches(grid, [s.waves[u] for u in ids], ids):
             texts = net.transcribe(batch.wave.to(ctx.device), batch.lengths.to(ctx.device))
             hyps.update(zip(batch.ids, texts))
         metrics = {**transcript_metrics(grid, hyps), "track": s.attack.track if s.attack else "attack"}
@@ -205,9 +205,12 @@ def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     return out
 
 
-def execute(job, grid: Grid, ctx: RunContext) -> JobOutput:
+def execute(job: AttackJob | DefenseRound | TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     """Run any job of the plan (what an executor calls)."""
-    runner = {AttackJob: run_attack, DefenseRound: run_defense_round, TransferJob: run_transfer}[type(job)]
-    return runner(job, grid, ctx)
+    if isinstance(job, AttackJob):
+        return run_attack(job, grid, ctx)
+    if isinstance(job, DefenseRound):
+        return run_defense_round(job, grid, ctx)
+    return run_transfer(job, grid, ctx)
 
 

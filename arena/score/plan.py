@@ -184,9 +184,10 @@ def plan_attacks(grid: Grid, store: ResultsStore) -> tuple[list[AttackJob], int]
                     if _audio_needed(grid, store, attack, model, key, cell):
                         regen.append((b, key))
             if missing:
-                jobs.append(AttackJob(attack, model, *map(list, zip(*missing))))
+                jobs.append(AttackJob(attack, model, [b for b, _ in missing], [k for _, k in missing]))
             if regen:
-                jobs.append(AttackJob(attack, model, *map(list, zip(*regen)), record=False))
+                jobs.append(AttackJob(attack, model, [b for b, _ in regen], [k for _, k in regen],
+                                      record=False))
     return jobs, reused
 
 

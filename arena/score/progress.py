@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class JobProgress:
@@ -18,7 +18,7 @@ class JobProgress:
         self.t0 = time.time()
         self._lock = threading.Lock()
         self._bar: Progress | None = None
-        self._task = None
+        self._task = TaskID(0)
 
     def __enter__(self) -> JobProgress:
         if self.enabled and self.tty:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY,
