@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from arena.leaderboard import safe_text
+
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
@@ -217,7 +219,7 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     if trusted:
         click.echo("WARNING: --trusted runs plugin code WITHOUT the sandbox", err=True)
     for p in problems:
-        click.echo(f"skipped: {p}", err=True)
+        click.echo(f"skipped: {safe_text.terminal(safe_text.redact_paths(p))}", err=True)
     if publish:
         store = pub.publishing_store(published_root)
     elif store_dir:
@@ -249,7 +251,7 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     click.echo(f"{report.computed} cells computed, {report.reused} reused, "
                f"{len(report.failed_jobs)} failed jobs, {report.seconds:.0f} s")
     for failure in report.failed_jobs:
-        click.echo(f"  failed: {failure}")
+        click.echo(f"  failed: {safe_text.terminal(safe_text.redact_paths(failure))}")
     _site_line(site, publish, filtered)
 
 
@@ -474,8 +476,8 @@ def validate(path, as_json, wall_s, trusted):
         click.echo(f"ok: {m.name} ({m.track}, entry {m.entry}) passed in {report.seconds:.1f} s")
     else:
         click.echo(f"{path}: {len(report.errors)} problem(s)", err=True)
-        for e in report.errors:
-            click.echo(f"- {e}", err=True)
+        for e in report.errors:  # plugin text: shown as text, never as terminal control
+            click.echo(f"- {safe_text.terminal(e, multiline=True)}", err=True)
     sys.exit(0 if report.ok else 1)
 
 
@@ -493,7 +495,7 @@ def submit(path, replace, max_unpacked_mb, trusted):
     try:
         record = run_submit(path, replace=replace, max_unpacked_mb=max_unpacked_mb, trusted=trusted)
     except (SubmissionError, SandboxUnavailable) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(safe_text.terminal(str(e), multiline=True))
     click.echo(f"submitted {record['name']} ({record['track']}), content hash "
                f"{record['content_hash'][:12]}")
 # ---- end submissions (issue 4)
