@@ -33,8 +33,8 @@ and the gradient is zero on padded samples. Under Linf no scaling is needed: z =
 bounds (-1, 1), epsilon = eps. A final projection in waveform space guards against
 rounding.
 
-Cost per batch (forward + backward passes): quick 10 steps, full 100 steps; the random start
-costs nothing.
+Cost per batch: one forward + one backward pass per step (quick 10, full 100) and nothing
+else; the CTC frame counts come from each step's own forward, and the random start is free.
 """
 import foolbox
 import torch
@@ -70,11 +70,12 @@ class CTCLabels(foolbox.criteria.Misclassification):
     def __init__(self, ids, label_lengths, out_lengths):
         super().__init__(ids)
         self.label_lengths = label_lengths
-        self.out_lengths = out_lengths
+        self.out_lengths = out_lengths  # a tensor, or a callable returning it
 
     def __call__(self, perturbed, outputs):
         raw = getattr(outputs, "raw", outputs)
-        is_adv = ~greedy_matches(raw, self.out_lengths, self.labels.raw, self.label_lengths)
+        out_lengths = self.out_lengths() if callable(self.out_lengths) else self.out_lengths
+        is_adv = ~greedy_matches(raw, out_lengths, self.labels.raw, self.label_lengths)
         return type(outputs)(is_adv) if hasattr(outputs, "raw") else is_adv
 
 
@@ -85,27 +86,30 @@ class _Waveform(nn.Module):
         super().__init__()
         self._log_probs = log_probs_fn  # a bound method, not a submodule
         self.lengths, self.mask, self.scale = lengths, mask, scale
+        self.out_lengths = None  # CTC frame counts of the last forward (fixed for the batch)
 
     def forward(self, z):
         wave = (z * self.scale).clamp(-1.0, 1.0) * self.mask
-        return self._log_probs(wave, self.lengths)[0]
+        log_probs, self.out_lengths = self._log_probs(wave, self.lengths)
+        return log_probs
 
 
 class _CTCMixin:
     """Overrides shared by both threat models (see the module docstring)."""
 
-    def configure(self, mask, out_lengths, label_lengths, start_scale):
-        self._mask, self._out_lengths = mask, out_lengths
+    def configure(self, mask, waveform, label_lengths, start_scale):
+        self._mask, self._waveform = mask, waveform
         self._label_lengths, self._start_scale = label_lengths, start_scale
         return self
 
     def get_loss_fn(self, model, labels):
         ids = labels.raw
-        out_lengths, label_lengths = self._out_lengths, self._label_lengths
+        waveform, label_lengths = self._waveform, self._label_lengths
 
         def loss_fn(inputs):
             log_probs = model(inputs).raw  # foolbox model -> eagerpy tensor; unwrap to torch
-            loss = ctc_loss(log_probs, out_lengths, ids, label_lengths, reduction="sum")
+            # frame counts from this same forward: no extra forward per batch to learn them
+            loss = ctc_loss(log_probs, waveform.out_lengths, ids, label_lengths, reduction="sum")
             return type(inputs)(loss)  # back to an eagerpy tensor of the same backend
 
         return loss_fn
@@ -137,29 +141,25 @@ class PGD(Attack):
         mask = batch.mask.to(dev)
         ids, id_lengths = _tokenizer(model).encode_batch(list(batch.transcripts))
         ids, id_lengths = ids.to(dev), id_lengths.to(dev)
-        with torch.no_grad():
-            _, out_lengths = model.log_probs(wave, lengths)  # CTC frame counts (one forward)
         l2 = _is_l2(budget)
         if l2:
             radius = torch.as_tensor(budget.max_l2(wave, lengths), device=dev, dtype=wave.dtype)
             scale = radius.clamp_min(1e-12)[:, None]
             z0 = wave / scale
             bound = float(z0.abs().max()) + 2.0  # contains every z within L2 distance 1
-            fmodel = foolbox.PyTorchModel(_Waveform(model.log_probs, lengths, mask, scale).eval(),
-                                          bounds=(-bound, bound), device=dev)
             attack = _CTCL2PGD(rel_stepsize=rel, steps=steps, random_start=True)
-            attack.configure(mask, out_lengths, id_lengths, L2_START_SCALE)
-            epsilon = 1.0
+            start_scale, epsilon = L2_START_SCALE, 1.0
         else:
             eps = float(budget.value)
             scale = torch.ones(B, 1, device=dev, dtype=wave.dtype)
             z0 = wave
-            fmodel = foolbox.PyTorchModel(_Waveform(model.log_probs, lengths, mask, scale).eval(),
-                                          bounds=(-1.0, 1.0), device=dev)
+            bound = 1.0
             attack = _CTCLinfPGD(rel_stepsize=rel, steps=steps, random_start=True)
-            attack.configure(mask, out_lengths, id_lengths, 1.0)
-            epsilon = eps
-        criterion = CTCLabels(ids, id_lengths, out_lengths)
+            start_scale, epsilon = 1.0, eps
+        waveform = _Waveform(model.log_probs, lengths, mask, scale).eval()
+        fmodel = foolbox.PyTorchModel(waveform, bounds=(-bound, bound), device=dev)
+        attack.configure(mask, waveform, id_lengths, start_scale)
+        criterion = CTCLabels(ids, id_lengths, lambda: waveform.out_lengths)
         devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(getattr(self, "seed", 0)) + 4321)
