@@ -119,7 +119,28 @@ class _Group:
             pass
 
 
+def _sweep(parent: str) -> None:
+    """Remove empty job cgroups left by harnesses that were killed before finish() (the
+    name holds the harness's pid; a minute's grace covers one being set up elsewhere)."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for e in entries:
+        if not e.startswith("arena-job-"):
+            continue
+        pid = e.split("-")[2]
+        path = os.path.join(parent, e)
+        try:
+            if (pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+                    and time.time() - os.stat(path).st_mtime > 60):
+                os.rmdir(path)     # fails (harmlessly) while it holds processes
+        except OSError:
+            pass
+
+
 def _make(parent: str, name: str, version: int) -> _Group | None:
+    _sweep(parent)
     path = os.path.join(parent, name)
     try:
         os.mkdir(path, 0o755)
