@@ -23,6 +23,7 @@ from arena.data.batching import AudioSet
 from arena.data.corpus import DEFAULT_SEED, ensure_split, seed_tag
 from arena.zoo.registry import available, file_stem, load_model, zoo_path
 
+
 @dataclass(frozen=True)
 class FineTune:
     """How a zoo entry was fine-tuned: `arena compress --recipe R` with no options rebuilds
@@ -174,7 +175,8 @@ def refresh_cards(device=None, progress=True) -> list[dict]:
         if name == "dense":
             dense_wer = card["test_wer"]
         card["rel_wer_regression"] = (0.0 if name == "dense" else
-                                      round((card["test_wer"] - dense_wer) / dense_wer, 4) if dense_wer else None)
+                                      round((card["test_wer"] - dense_wer) / dense_wer, 4) if dense_wer
+                                      else None)
         write_card(name, card)
         cards.append(card)
     return cards
