@@ -15,6 +15,14 @@ from arena.data.lexicon import TEMPLATES, lexicon
 from arena.data.manifest import ManifestError, load_audio, pcm16_sha256, read_manifest, write_manifest
 
 
+def test_synthesis_writes_the_audio_contract_rate():
+    """synth keeps its own constant (it stays torch-free); it must be the contract's."""
+    from arena.core.audio import SAMPLE_RATE
+    from arena.data import synth
+
+    assert synth.SAMPLE_RATE == SAMPLE_RATE
+
+
 def test_lexicon_and_templates_are_big_enough():
     assert len(TEMPLATES) >= 40
     assert len(lexicon()) >= 1000

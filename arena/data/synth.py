@@ -17,6 +17,8 @@ from fractions import Fraction
 
 import numpy as np
 
+# = arena.core.audio.SAMPLE_RATE, written out because this module (and the synthesis
+# server that runs it) stays free of torch, which arena.core.audio imports
 SAMPLE_RATE = 16_000
 
 # espeak_AUDIO_OUTPUT, espeak_PARAMETER and espeak_POSITION_TYPE values from speak_lib.h
@@ -65,7 +67,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 class EspeakSynth:
-    _instance: "EspeakSynth | None" = None
+    _instance: EspeakSynth | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -97,7 +99,7 @@ class EspeakSynth:
                                            ctypes.c_void_p, ctypes.c_void_p]
 
     @classmethod
-    def get(cls) -> "EspeakSynth":
+    def get(cls) -> EspeakSynth:
         with cls._lock:
             if cls._instance is None:
                 cls._instance = EspeakSynth()
