@@ -91,7 +91,7 @@ class _HostSyncs(TorchDispatchMode):
 
 @pytest.mark.parametrize("budget_id", ["snr30", "linf0.003"])
 def test_pgd_baseline_host_syncs_do_not_grow_with_steps(budget_id, net):
-    from test_baselines import load_plugin
+    from tests.test_baselines import load_plugin
 
     wave, lengths, texts = _padded()
     batch = AudioBatch(ids=["a", "b", "c"], wave=wave, lengths=lengths, transcripts=texts)
@@ -106,6 +106,7 @@ def test_pgd_baseline_host_syncs_do_not_grow_with_steps(budget_id, net):
         finally:
             type(plugin).run.__globals__["STEPS"]["quick"] = 10
         assert model.backward_calls == steps
+        assert model.forward_calls == steps  # no forward beyond the steps' own (frame counts)
         counts[steps] = sum(probe.count.values())
     assert counts[2] == counts[5], f"host reads grow with the step count: {counts}"
 
@@ -184,6 +185,7 @@ def test_bench_attacks_cli_small_real_run(tmp_path, monkeypatch, net):
     data = attacks.BenchData([f"u{i}" for i in range(4)], TEXTS, _waves())
     monkeypatch.setattr(attacks, "load_dev", lambda n, progress=False: attacks.BenchData(
         data.ids[:n], data.texts[:n], data.waves[:n]))
+    monkeypatch.setitem(attacks.DEFAULTS["cpu"], "repeats", 2)
     model_path = tmp_path / "tiny.safetensors"
     save_checkpoint(net, model_path)
     res = CliRunner().invoke(main, ["bench", "attacks", "--device", "cpu", "--json", "--n", "4",
@@ -203,15 +205,22 @@ def test_bench_attacks_cli_small_real_run(tmp_path, monkeypatch, net):
     assert r["ratio_vs_art"] == pytest.approx(r["ours_utt_per_s"] / r["art_utt_per_s"])
     assert r["ratio_vs_batch1"] == pytest.approx(r["ours_utt_per_s"] / r["batch1_utt_per_s"])
     assert r["ours_batch_size"] in (2, 4) and r["art_batch_size"] in (2, 4)
-    frozen = [x for x in r["runs"] if x["impl"] == "art-frozen"]
-    assert sorted((x["impl"], x["batch_size"]) for x in r["runs"] if x["impl"] != "art-frozen") == [
-        ("art", 2), ("art", 4), ("ours", 1), ("ours", 2), ("ours", 4)]
-    assert [x["batch_size"] for x in frozen] == [r["art_batch_size"]]
+    assert sorted((x["impl"], x["batch_size"]) for x in r["runs"]) == [
+        ("art", 2), ("art", 4), ("art-frozen", 2), ("art-frozen", 4), ("ours", 1), ("ours", 2), ("ours", 4)]
+    assert r["art_frozen_batch_size"] in (2, 4)
     assert r["ratio_vs_art_frozen"] == pytest.approx(r["ours_utt_per_s"] / r["art_frozen_utt_per_s"])
+    assert r["repeats"] == 2
     for run in r["runs"]:
         assert -1.0 <= run["delta_wer"] <= 10.0
+        assert len(run["rounds_s"]) == 2 and run["seconds"] == min(run["rounds_s"])  # fastest round
         if run["impl"] == "ours":  # every batch attacked, each step one forward + one backward
-            assert run["backward_calls"] == run["batches"] * 2
+            assert run["backward_calls"] == run["forward_calls"] == run["batches"] * 2
+            assert run["attack_cpu_s"] > 0
+            if run["cpu_s"] is not None:  # the sandbox measured the job's CPU (start-up included)
+                assert run["attack_cpu_s"] < run["cpu_s"]
+        else:
+            assert run["cpu_s"] > 0
+    assert r["ratio_vs_art_frozen_attack_only_cpu"] > 0
     best = max((x for x in r["runs"] if x["impl"] == "art"), key=lambda x: x["utt_per_s"])
     assert r["art_delta_wer"] == best["delta_wer"]
 
