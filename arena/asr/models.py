@@ -302,7 +302,6 @@ def build_model(arch: str = ConformerCTC.arch, **config) -> ASRModel:
 
 def save_checkpoint(model: ASRModel, path, extra: dict | None = None) -> None:
     """Weights as safetensors, with the architecture and config in the header metadata."""
-
     meta = {"arch": model.arch, "config": json.dumps(model.config, sort_keys=True)}
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
@@ -315,14 +314,12 @@ def save_checkpoint(model: ASRModel, path, extra: dict | None = None) -> None:
 
 
 def read_metadata(path) -> dict:
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
 
 def load_checkpoint(path, device="cpu") -> ASRModel:
     """A model from a dense safetensors checkpoint, in eval mode."""
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")

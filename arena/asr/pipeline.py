@@ -16,7 +16,6 @@ from arena.data.corpus import DEFAULT_SEED, ensure_split, seed_tag
 def train_default(out_dir=None, steps=3000, batch_seconds=60.0, lr=1.5e-3, device=None,
                   train_size=None, model_config=None, arch="conformer-ctc", resume=True,
                   export=None, progress=True, init=None, warmup=300):
-
     device = default_device(device)
     out_dir = Path(out_dir or paths.runs_dir() / "dense")
     train_set = AudioSet.from_manifest(ensure_split("train", DEFAULT_SEED), limit=train_size,
@@ -41,7 +40,6 @@ def train_default(out_dir=None, steps=3000, batch_seconds=60.0, lr=1.5e-3, devic
 
 
 def _recorded_steps(path) -> int:
-
     if str(path).endswith(".safetensors"):
         return int(read_metadata(path).get("train_steps", 0))
     return int(torch.load(path, map_location="cpu", weights_only=False).get("step", 0))

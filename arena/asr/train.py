@@ -173,8 +173,6 @@ def train(model: ASRModel, data: AudioSet, cfg: TrainConfig, out_dir, *,
 
 def _run_steps(model, data, cfg, opt, state, stream, hooks, log_file, dev, device, state_path,
                progress, log, teacher=None):
-
-
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
     t0 = time.time()

@@ -48,7 +48,6 @@ def _model(kind: str, default_model, seed: int, config: dict | None):
     """(model, label): 'default' is the dense zoo model (random weights when the zoo has none,
     or `default_model` when given: a name or file); 'wav2vec2-base' is torchaudio's wav2vec2
     base architecture with random weights and our CTC head."""
-
     torch.manual_seed(seed)
     if kind == "wav2vec2-base":
         return build_model("wav2vec2-ctc", **(config or {})), "wav2vec2-base (random)"
@@ -72,6 +71,7 @@ def bench_mfu(device=None, models=("default", "wav2vec2-base"), batch: int | Non
     finally:
         torch.set_num_threads(threads)
 
+
 def _sign_step(net, x, *, lengths, ids, id_lengths, out_lengths, bf16: bool, step_size: float = 1e-4):
     """One white-box attack iteration: forward, CTC against `ids`, backward to the input and
     a signed-gradient update of it."""
@@ -81,7 +81,6 @@ def _sign_step(net, x, *, lengths, ids, id_lengths, out_lengths, bf16: bool, ste
     loss = ctc_loss(log_probs.float(), out_lengths, ids, id_lengths, reduction="sum")
     loss.backward()  # (not autograd.grad: FlopCounterMode's module hooks reject a leaf input there)
     return (x.detach() + step_size * x.grad.sign()).clamp(-1, 1)
-
 
 
 def _bench_mfu(device, models, batch, seconds, steps, default_model, bf16, seed, configs) -> list[dict]:
@@ -138,7 +137,6 @@ def _bench_mfu(device, models, batch, seconds, steps, default_model, bf16, seed,
 
 
 def print_mfu(rows: list[dict]) -> None:
-
     t = Table(title="attack loop (forward + CTC + backward to the input) FLOP utilisation")
     for c in ("model", "params M", "dtype", "batch x s", "GFLOP/step", "ms/step", "TFLOP/s", "of bf16 peak"):
         t.add_column(c, justify="left" if c == "model" else "right")

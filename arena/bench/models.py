@@ -55,7 +55,6 @@ def bench_models(names_or_paths, device=None, batch: int = 8, seconds: float = 1
                  repeats: int = 10, print_table: bool = True, seed: int = 0) -> list[dict]:
     """Forward latency (median of `repeats`) and peak memory of each model on `device`, with
     ratios to the dense baseline. Returns one dict per variant (baseline first)."""
-
     device = torch.device(device or ("cuda" if cuda_available() else "cpu"))
     names = list(names_or_paths) or available()
     if not names:
@@ -101,7 +100,6 @@ def bench_models(names_or_paths, device=None, batch: int = 8, seconds: float = 1
 
 
 def _print(rows, base, label):
-
     t = Table(title=f"baseline: {label}, {base['latency_ms']:.1f} ms")
     for c in ("model", "latency ms", "x baseline", "peak mem MB", "x baseline", "2:4 kernels"):
         t.add_column(c, justify="right" if c != "model" else "left")

@@ -89,7 +89,6 @@ def schedule_from_dict(d: dict | None) -> Schedule:
 
 
 def schedule_to_dict(s: Schedule) -> dict:
-
     return {"kind": "gradual" if isinstance(s, Gradual) else "one_shot", **asdict(s)}
 
 

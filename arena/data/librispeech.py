@@ -16,7 +16,6 @@ from arena.data.manifest import ManifestError, Utterance, load_audio
 def librispeech_utterances(root, subset: str = "test-clean",
                            folder_in_archive: str = "LibriSpeech") -> list[Utterance]:
     """Utterances of one LibriSpeech subset found under root/folder_in_archive/subset."""
-
     base = Path(root) / folder_in_archive / subset
     if not base.is_dir():
         raise ManifestError(f"{base}: no LibriSpeech subset folder (nothing is downloaded)")

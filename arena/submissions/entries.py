@@ -42,7 +42,6 @@ def discover(names: list[str] | None = None, *, tracks: tuple[str, ...] | None =
 
     A broken submission folder never stops scoring: it is reported and skipped.
     """
-
     roots = roots or [(paths.baselines_dir(), "baseline"), (paths.submissions_dir(), "submission")]
     entries, problems, seen = [], [], set()
     for root, origin in roots:

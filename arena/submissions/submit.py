@@ -293,7 +293,6 @@ def _baseline_names() -> set[str]:
 def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB,
            trusted: bool = False, wall_s: float = 120) -> dict:
     """Install a submission; returns its SUBMISSION.json record. Raises SubmissionError."""
-
     path = Path(path)
     if not path.exists():
         raise SubmissionError(f"{path}: no such file or folder")
@@ -321,7 +320,7 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", RECORD))
             record = {"name": manifest.name, "track": manifest.track, "version": manifest.version,
                       "authors": manifest.authors, "content_hash": content_hash(staging),
-                      "submitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "submitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                       "source": str(path.resolve()), "validated_s": round(report.seconds, 2)}
             (staging / RECORD).write_text(json.dumps(record, indent=2))
             os.chmod(staging, 0o755)

@@ -39,8 +39,6 @@ class ValidationReport:
 
 def synthetic_batches(with_targets: bool = False, seed: int = 0):
     """Three 0.5-1.5 s sine/noise mixtures in two padded batches (2 + 1 utterances)."""
-
-
     g = torch.Generator().manual_seed(seed)
     waves = []
     for i, seconds in enumerate((1.5, 0.5, 1.0)):
@@ -64,8 +62,6 @@ def synthetic_batches(with_targets: bool = False, seed: int = 0):
 
 
 def tiny_model_file(folder) -> Path:
-
-
     torch.manual_seed(0)
     path = Path(folder) / "tiny-model.safetensors"
     save_checkpoint(build_model("conformer-ctc", **TINY_CONFIG), path)
@@ -79,7 +75,6 @@ def _first_lines(text: str, n: int = 12) -> str:
 
 def validate(path, *, wall_s: float = 120, trusted: bool = False, device: str = "cpu") -> ValidationReport:
     """Check the manifest, then dry-run the plugin in the sandbox and report violations."""
-
     t0 = time.time()
     folder = Path(path)
     try:
