@@ -85,11 +85,11 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     (subs / "broken").mkdir()
     (subs / "broken" / "submission.toml").write_text('name = "broken"\ntrack = "sideways"\n')
     from arena.leaderboard import build as lb_build
-    from arena.submissions.entries import discover
     from arena.score.profiles import get_profile
     from arena.score.run import ScoreOptions, run_score, target_specs
-    from arena.score.subset import load_subset
     from arena.score.store import ResultsStore
+    from arena.score.subset import load_subset
+    from arena.submissions.entries import discover
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in world.items():
