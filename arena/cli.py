@@ -327,7 +327,8 @@ def leaderboard(as_json, as_csv, store_dir, local, site_dir, publish, publish_al
     board = lb_build.build(store.cells(), store.meta())
     if site_dir:
         if context is None:
-            context = pub.published_context(store)
+            published = not store_dir or pub.same_place(store_dir, pub.published_root())
+            context = pub.published_context(store) if published else pub.local_context(store)
         site = pub.write_store_site(store, board, context, out_dir=site_dir)
         click.echo(f"site: {_shown_path(site['index'])} ({site['files']} files, "
                    f"{site['bytes'] / 1e6:.1f} MB)", err=as_json or as_csv)
@@ -336,6 +337,14 @@ def leaderboard(as_json, as_csv, store_dir, local, site_dir, publish, publish_al
     elif as_csv:
         click.echo(render.to_csv(board), nl=False)
     elif not site_dir:
+        if local:
+            filtered = store.meta().get("local_run", {}).get("filtered") or []
+            click.echo(f"local run in {_shown_path(store.root)}"
+                       + (f", filtered: {'; '.join(filtered)}" if filtered else ", the whole grid"))
+        elif not store_dir:
+            ctx = pub.published_context(store)
+            click.echo(f"published board in {_shown_path(store.root)}, {ctx['date']}, "
+                       f"commit {ctx['commit']}")
         render.print_terminal(board)
 
 
