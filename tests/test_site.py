@@ -569,6 +569,9 @@ def test_the_checkouts_published_site_in_chromium(browser, tmp_path):
         for page in sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")):
             assert browser.open(f"{url}/{page}") == [], page
             assert browser.evaluate(CHECK_PAGE) == [], page
-        browser.open(f"{url}/index.html")
         shots = Path(os.environ.get("ARENA_SCREENSHOTS") or tmp_path / "screenshots")
+        browser.open(f"{url}/index.html")
         browser.screenshot(shots / "leaderboard-index.png")
+        first = browser.evaluate("document.querySelector('#attacks + p + div a').getAttribute('href')")
+        browser.open(f"{url}/{first}")
+        browser.screenshot(shots / "leaderboard-submission.png")
