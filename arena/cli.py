@@ -171,10 +171,16 @@ def _split_names(value):
               help="Score the whole grid into the published board (leaderboard/) and rewrite "
                    "its site; refused for a filtered grid.")
 @click.option("--workers", type=int, default=None,
-              help="Sandbox jobs at once (default: the number of CPU cores).")
+              help="Sandbox jobs at once (default: the number of CPU cores; with --cluster: "
+                   "as many as the cluster's CPUs, or GPU shares, allow).")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run the jobs on a Ray cluster: its head's host:port, or auto (the cluster "
+                   "`ray start` made on this machine). Needs the cluster extra.")
+@click.option("--gpus-per-job", type=float, default=0.25, show_default=True,
+              help="With --cluster and a CUDA device: the share of one GPU each job asks for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 def score(profile, split, n_utterances, manifest, attacks, defenses, models, device, trusted,
-          store_dir, publish, workers, as_json):
+          store_dir, publish, workers, cluster, gpus_per_job, as_json):
     """Run every attack against every defense and model; print the leaderboard.
 
     Without --publish the run is local: its cells and site go to leaderboard/local/ (not
@@ -233,7 +239,24 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
         subset = load_subset(profile, progress=not as_json, manifest=manifest)
     except (FileNotFoundError, ManifestError) as e:
         raise click.ClickException(str(e)) from None
-    report = run_score(store, options, entries, models, subset=subset, problems=problems)
+    executor = None
+    if cluster:
+        from arena.score.cluster import ClusterError, RayExecutor
+
+        try:
+            executor = RayExecutor(cluster, device=device, gpus_per_job=gpus_per_job, workers=workers)
+            executor.connect()
+            executor.check()   # the cluster has what the jobs ask for (CPUs, GPUs)
+        except ClusterError as e:
+            if executor is not None:
+                executor.close()
+            raise click.ClickException(str(e)) from None
+    try:
+        report = run_score(store, options, entries, models, subset=subset, problems=problems,
+                           executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     clean = _listening_clean(subset)
     if publish:
         result = pub.publish(store, store.pending_meta.get("last_run"),
@@ -460,7 +483,35 @@ def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art,
     print_attacks(result)
     if mfu:
         print_mfu(result["mfu"])
+
 # ---- end attack speed (issue 6)
+
+
+# ---- scale-out (issue 17)
+@bench_group.command("scale")
+@click.option("--n", "n", type=int, default=8, show_default=True,
+              help="Utterances of the quick profile's split.")
+@click.option("--entries", default=",".join(("fgsm", "pgd", "none", "lowpass")), show_default=True,
+              help="Comma-separated attacks and defenses.")
+@click.option("--models", default="dense,int8", show_default=True, help="Comma-separated zoo models.")
+@click.option("--keep", default=None, type=click.Path(file_okay=False),
+              help="Keep the three stores in this folder (default: a temporary one, removed).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_scale_cmd(n, entries, models, keep, as_json):
+    """One small grid with 1 worker, 2 workers and on a 2-node local Ray cluster: wall times,
+    speed-ups, sandbox start-up share, identical cells."""
+    from arena.bench.scale import bench_scale, print_scale
+    from arena.score.cluster import ClusterError
+    from arena.submissions.entries import EntryError
+
+    try:
+        result = bench_scale(n, _split_names(entries), _split_names(models), keep=keep)
+    except (ClusterError, EntryError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        _echo_json(result)
+    else:
+        print_scale(result)
 
 
 # ---- submissions (issue 4)

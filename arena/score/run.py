@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from arena.core.hashing import sha256_file
 from arena.score.executor import Executor, LocalExecutor
 from arena.score.jobs import Cell, JobOutput, RunContext, defense_cells, execute
-from arena.score.plan import (AttackJob, DefenseGroup, DefenseRound, Grid, TargetSpec, TransferJob,
-                              plan_attacks, plan_defenses, plan_transfer)
+from arena.score.plan import (
+    AttackJob,
+    DefenseGroup,
+    DefenseRound,
+    Grid,
+    TargetSpec,
+    TransferJob,
+    plan_attacks,
+    plan_defenses,
+    plan_transfer,
+)
 from arena.score.profiles import Profile
 from arena.score.progress import JobProgress
 from arena.score.store import ResultsStore
@@ -82,36 +92,49 @@ class Driver:
         self.groups: dict[str, tuple[DefenseGroup, dict[int, JobOutput]]] = {}
         self.failed_groups: dict[str, str] = {}
 
-    def run_job(self, job) -> JobOutput:
-        self.progress.started(job.name)
-        failed = self.failed_groups.get(job.group) if isinstance(job, DefenseRound) else None
-        if failed is not None:
-            # the defense failed as a whole in an earlier round (load error, timeout): its
-            # other rounds would too; they score WER 1.0 without running (only it loses)
-            return JobOutput(errors={i.name: failed for i in job.items})
-        return execute(job, self.grid, self.ctx)
-
     def phase(self, jobs: list) -> None:
-        for job, out, error in self.executor.run(self._prepared(jobs), self.run_job):
-            self.progress.finished(job.name)
-            if error is not None:  # a harness bug must not lose the rest of the run
-                self._harness_error(job, error)
+        # what the executor runs is store-free and picklable (a Ray worker runs it too)
+        work = partial(execute, grid=self.grid, ctx=self.ctx)
+        for job, out, error in self.executor.run(self._startable(jobs), work):
+            self._finished(job, out, error)
+
+    def _startable(self, jobs: list):
+        """The jobs as the executor takes them (when a slot is free): marked started, and a
+        round whose defense already failed as a whole answered here without running."""
+        for job in self._prepared(jobs):
+            if isinstance(job, DefenseRound) and job.group not in self.groups:
+                continue  # its group was abandoned (a harness error); the next run redoes it
+            self.progress.started(job.name)
+            failed = self.failed_groups.get(job.group) if isinstance(job, DefenseRound) else None
+            if failed is not None:
+                # the defense failed as a whole in an earlier round (load error, timeout): its
+                # other rounds would too; they score WER 1.0 without running (only it loses)
+                self._finished(job, JobOutput(errors={i.name: failed for i in job.items}), None)
                 continue
-            if isinstance(job, DefenseRound):
-                if out.failure and job.group in self.failed_groups:
-                    out.failure = None  # one failure per defense group in the report
-                elif out.failure and _whole_job_failed(out):
-                    self.failed_groups[job.group] = out.failure
-                self.report.account(out)
-                self._round_done(job, out)
-                continue
+            yield job
+
+    def _finished(self, job, out: JobOutput | None, error: BaseException | None) -> None:
+        self.progress.finished(job.name)
+        if error is not None:  # a harness bug or a lost node must not lose the rest of the run
+            self._harness_error(job, error)
+            return
+        if isinstance(job, DefenseRound) and job.group not in self.groups:
+            return  # a round of an abandoned group, still in flight when it was abandoned
+        if isinstance(job, DefenseRound):
+            if out.failure and job.group in self.failed_groups:
+                out.failure = None  # one failure per defense group in the report
+            elif out.failure and _whole_job_failed(out):
+                self.failed_groups[job.group] = out.failure
             self.report.account(out)
-            if not isinstance(job, AttackJob) or job.record:
-                self._record(out.cells)
-            else:  # audio regenerated for cells that already exist
-                for cell in out.cells:
-                    if cell.waves is not None:
-                        self.store.write_waves(cell.key, cell.waves)
+            self._round_done(job, out)
+            return
+        self.report.account(out)
+        if not isinstance(job, AttackJob) or job.record:
+            self._record(out.cells)
+        else:  # audio regenerated for cells that already exist
+            for cell in out.cells:
+                if cell.waves is not None:
+                    self.store.write_waves(cell.key, cell.waves)
 
     def _prepared(self, jobs: list):
         for job in jobs:
