@@ -28,6 +28,8 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
                  and (c["defense"] in allowed or c["defense"] is None)]
     if run.get("models"):
         cells = [c for c in cells if c["model"] in set(run["models"])]
+    if run.get("n_utterances"):  # a --limit run's cells share the axes, not the data
+        cells = [c for c in cells if len(c["metrics"].get("ids", ())) == run["n_utterances"]]
     # a fixed order, so the board (resampling included) depends on the cells, not on their order
     cells = sorted(latest(cells), key=lambda c: tuple(str(c.get(k)) for k in AXES))
     by_kind = {k: [c for c in cells if c["kind"] == k] for k in ("attack", "defense", "clean", "transfer")}

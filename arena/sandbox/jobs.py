@@ -62,6 +62,8 @@ class BatchOutcome:
     adv: object | None = None           # torch.Tensor for attacks
     transcripts: list[str] | None = None  # defenses
     seconds: float = 0.0
+    forward_calls: int = 0                # self-reported by the plugin's process
+    backward_calls: int = 0
 
 
 @dataclass
@@ -222,10 +224,12 @@ def _check_status(st, n_batches: int) -> str | None:
               kind("done", st.get("done", False), bool, "true or false"),
               kind("tmp_capped", st.get("tmp_capped", False), bool, "true or false"),
               kind("batches", st.get("batches", []), list, "a list")]
-    for key in ("forward_calls", "backward_calls"):
-        v = st.get(key, 0)
+    def count(where, v):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 10**12:
-            checks.append(f"{key} must be a whole number from 0 to 10^12, got {_type_name(v)}")
+            return f"{where} must be a whole number from 0 to 10^12, got {_type_name(v)}"
+        return None
+
+    checks += [count(key, st.get(key, 0)) for key in ("forward_calls", "backward_calls")]
     if isinstance(st.get("batches"), list):
         recs = st["batches"]
         if len(recs) > n_batches:
@@ -237,7 +241,9 @@ def _check_status(st, n_batches: int) -> str | None:
                 continue
             checks += [kind(f"{where}.ok", rec.get("ok"), bool, "true or false"),
                        kind(f"{where}.error", rec.get("error"), (str, type(None)), "a string or null"),
-                       number(f"{where}.seconds", rec.get("seconds"))]
+                       number(f"{where}.seconds", rec.get("seconds")),
+                       count(f"{where}.forward_calls", rec.get("forward_calls", 0)),
+                       count(f"{where}.backward_calls", rec.get("backward_calls", 0))]
             hyps = rec.get("transcripts")
             if hyps is not None and not (isinstance(hyps, list)
                                          and all(isinstance(h, (str, type(None))) for h in hyps)):
@@ -530,8 +536,11 @@ def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, m
         if rec is None:
             outcomes.append(BatchOutcome(False, None))
             continue
-        outcomes.append(_validate_attack(out, i, batch, rec) if role == "attack"
-                        else _validate_defense(batch, rec))
+        outcome = (_validate_attack(out, i, batch, rec) if role == "attack"
+                   else _validate_defense(batch, rec))
+        outcome.forward_calls = rec.get("forward_calls", 0)
+        outcome.backward_calls = rec.get("backward_calls", 0)
+        outcomes.append(outcome)
     loaded_at = status.get("loaded_at")
     startup = (loaded_at - t0) if loaded_at is not None and 0 <= loaded_at - t0 <= wall + 1 else 0.0
     result = JobResult("ok", None, outcomes, status.get("forward_calls", 0),

@@ -104,6 +104,7 @@ def main(jobdir: str, fd: int) -> int:
     for i, meta in enumerate(job["batches"]):
         t = time.time()
         rec = {"ok": False, "error": None, "seconds": None}
+        calls_before = model.forward_calls, model.backward_calls
         try:
             torch.manual_seed(seed * 1_000_003 + i)
             batch = AudioBatch(ids=meta["ids"], wave=tensors[f"wave_{i}"], lengths=tensors[f"lengths_{i}"],
@@ -125,6 +126,9 @@ def main(jobdir: str, fd: int) -> int:
         except BaseException as e:  # noqa: BLE001 - one failed batch does not lose the others
             rec["error"] = _tail(e)
         rec["seconds"] = time.time() - t
+        # per batch, so a cell's counts do not depend on which other batches shared its job
+        rec["forward_calls"] = model.forward_calls - calls_before[0]
+        rec["backward_calls"] = model.backward_calls - calls_before[1]
         status["batches"].append(rec)
         status["forward_calls"], status["backward_calls"] = model.forward_calls, model.backward_calls
         report()

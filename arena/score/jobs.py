@@ -96,9 +96,12 @@ def run_attack(job: AttackJob, grid: Grid, ctx: RunContext) -> JobOutput:
 def _attack_cell(job: AttackJob, grid: Grid, budget_id: str, key: str, plan, outcomes,
                  result: JobResult) -> Cell:
     budget = Budget.parse(budget_id)
-    waves, snrs, errors, seconds = {}, [], [], 0.0
+    waves, snrs, errors, seconds, calls = {}, [], [], 0.0, [0, 0]
     for i, (_, batch) in enumerate(plan):
         outcome = outcomes[i] if i < len(outcomes) else None
+        if outcome is not None:
+            calls[0] += outcome.forward_calls
+            calls[1] += outcome.backward_calls
         adv = outcome.adv if outcome is not None and outcome.ok else None
         if adv is None:
             errors.append(f"batch {i}: {(outcome.error if outcome else None) or result.error or 'no output'}")
@@ -111,8 +114,8 @@ def _attack_cell(job: AttackJob, grid: Grid, budget_id: str, key: str, plan, out
     finite = [s for s in snrs if np.isfinite(s)]
     metrics = dict(ids=list(waves), snr_db=[rounded_snr(s) for s in snrs],
                    mean_snr_db=float(np.mean(finite)) if finite else None,
-                   forward_calls=result.forward_calls, backward_calls=result.backward_calls,
-                   counts_self_reported=True, seconds=round(seconds, 3), track=job.attack.track,
+                   forward_calls=calls[0], backward_calls=calls[1], counts_self_reported=True,
+                   seconds=round(seconds, 3), track=job.attack.track,
                    failed_batches=len(errors), n=len(waves))
     axes = grid.axes(attack=job.attack.name, budget=budget_id, model=job.model.name)
     return Cell(key, CellKind.ATTACK, metrics, axes, error, waves)
