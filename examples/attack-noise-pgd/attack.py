@@ -5,8 +5,7 @@ empty environment), makes one instance of the entry class and calls `run` once p
 """
 import torch
 
-from arena import Attack, AudioBatch, Budget, TargetModel
-from arena.plugins.budget import ThreatModel
+from arena import Attack, AudioBatch, Budget, TargetModel, ThreatModel
 
 
 class NoisePGD(Attack):
