@@ -20,7 +20,7 @@ def main():
     """ASR Arena: attacks and defenses against compressed speech recognisers."""
 
 
-# ---------------------------------------------------------------- data (issue 2)
+# ---------------------------------------------------------------- data
 @main.group()
 def data():
     """The built-in synthetic voice-search corpus."""
@@ -43,7 +43,7 @@ def data_build(splits, seed, size, workers):
         click.echo(f"{split}: {path}")
 
 
-# ---------------------------------------------------------------- train / eval (issue 2)
+# ---------------------------------------------------------------- asr: training and evaluation
 @main.command()
 @click.option("--out", "out_dir", default=None, help="Run folder (default runs/dense).")
 @click.option("--steps", type=int, default=3000)
@@ -67,16 +67,6 @@ def train(out_dir, steps, batch_seconds, lr, device, train_size, model_config, a
                   arch=arch, resume=not no_resume, export=export, init=init, warmup=warmup)
 
 
-@main.command("publish-dense")
-@click.argument("checkpoint", default="runs/dense/final.safetensors")
-@click.option("--device", default=None)
-def publish_dense_cmd(checkpoint, device):
-    """Put a trained checkpoint in the zoo as `dense` and write its model card."""
-    from arena.zoo.build import publish_dense
-
-    _echo_json(publish_dense(checkpoint, device=device))
-
-
 @main.command("eval")
 @click.option("--model", "model_name", default="dense", help="Zoo name or model file.")
 @click.option("--split", default="test", type=click.Choice(["dev", "test"]))
@@ -96,7 +86,17 @@ def eval_cmd(model_name, split, limit, device, as_json):
                    f"WER {res['wer']:.4f}  CER {res['cer']:.4f}")
 
 
-# ---------------------------------------------------------------- zoo building (issue 3)
+# ---------------------------------------------------------------- zoo
+@main.command("publish-dense")
+@click.argument("checkpoint", default="runs/dense/final.safetensors")
+@click.option("--device", default=None)
+def publish_dense_cmd(checkpoint, device):
+    """Put a trained checkpoint in the zoo as `dense` and write its model card."""
+    from arena.zoo.build import publish_dense
+
+    _echo_json(publish_dense(checkpoint, device=device))
+
+
 @main.command()
 @click.option("--recipe", required=True, help="e.g. int8, int4, int2, 2:4, 1:4, int4+2:4.")
 @click.option("--steps", type=int, default=None, help="Fine-tuning steps (default per recipe).")
@@ -106,7 +106,8 @@ def eval_cmd(model_name, split, limit, device, as_json):
 @click.option("--distill/--no-distill", default=None,
               help="Fine-tune against the dense model's frame posteriors as well as the CTC loss "
                    "(default: as the recipe's zoo entry was built).")
-@click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate (default: the recipe's).")
+@click.option("--lr", type=float, default=None,
+              help="Peak fine-tuning learning rate (default: the recipe's).")
 @click.option("--json", "as_json", is_flag=True)
 def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
     """Compress the dense model with a recipe, fine-tuned as its zoo entry was (steps,
@@ -124,7 +125,78 @@ def compress(recipe, steps, post_training, device, out, distill, lr, as_json):
             click.echo(f"{k:20s} {v}")
 
 
-# ---------------------------------------------------------------- scoring (issue 5)
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--refresh", is_flag=True, help="Re-evaluate every model and update its card first.")
+@click.option("--device", default=None)
+def models_cmd(as_json, refresh, device):
+    """List the zoo: file size, ratio to the dense fp32 file, WER fields."""
+    from arena.zoo.build import refresh_cards
+    from arena.zoo.registry import list_models
+
+    if refresh:
+        refresh_cards(device=device, progress=not as_json)
+    rows = list_models()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("the zoo is empty")
+    for r in rows:
+        ratio = "-" if r["size_ratio"] is None else f"{100 * r['size_ratio']:.2f}%"
+        wer = "-" if r["wer"] is None else f"{r['wer']:.4f}"
+        reg = "-" if r["rel_wer_regression"] is None else f"{100 * r['rel_wer_regression']:+.1f}%"
+        click.echo(f"{r['name']:<12} {r['bytes']:>10} B  {ratio:>7} of dense  WER {wer}  "
+                   f"rel {reg}  fine-tuned {r['fine_tuned']}")
+
+
+# ---------------------------------------------------------------- submissions
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "errors": [...]}.')
+@click.option("--wall", "wall_s", type=float, default=120.0, help="Wall-clock limit (s).")
+@click.option("--trusted", is_flag=True, help="Run WITHOUT the sandbox (your own code only).")
+def validate(path, as_json, wall_s, trusted):
+    """Check a submission folder and dry-run it in the sandbox on synthetic audio."""
+    from arena.sandbox import SandboxUnavailable
+    from arena.submissions.validate import validate as run_validate
+
+    try:
+        report = run_validate(path, wall_s=wall_s, trusted=trusted)
+    except SandboxUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        _echo_json(report.to_json())
+    elif report.ok:
+        m = report.manifest
+        click.echo(f"ok: {m.name} ({m.track}, entry {m.entry}) passed in {report.seconds:.1f} s")
+    else:
+        click.echo(f"{path}: {len(report.errors)} problem(s)", err=True)
+        for e in report.errors:  # plugin text: shown as text, never as terminal control
+            click.echo(f"- {safe_text.terminal(e, multiline=True)}", err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--replace", is_flag=True, help="Overwrite a submission of the same name.")
+@click.option("--max-unpacked-mb", type=int, default=50, show_default=True)
+@click.option("--trusted", is_flag=True, help="Validate WITHOUT the sandbox (your own code only).")
+def submit(path, replace, max_unpacked_mb, trusted):
+    """Install a submission (folder, .zip or .tar.gz) into submissions/<name>/ after validation."""
+    from arena.sandbox import SandboxUnavailable
+    from arena.submissions.manifest import SubmissionError
+    from arena.submissions.submit import submit as run_submit
+
+    try:
+        record = run_submit(path, replace=replace, max_unpacked_mb=max_unpacked_mb, trusted=trusted)
+    except (SubmissionError, SandboxUnavailable) as e:
+        raise click.ClickException(safe_text.terminal(str(e), multiline=True)) from None
+    click.echo(f"submitted {record['name']} ({record['track']}), content hash "
+               f"{record['content_hash'][:12]}")
+
+
+# ---------------------------------------------------------------- score
 @main.group()
 def secret():
     """The organiser's secret scoring split."""
@@ -140,7 +212,7 @@ def secret_init(force, no_build):
     try:
         path = create_secret(overwrite=force)
     except FileExistsError as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
     click.echo(f"secret written to {path} (mode 600; keep it out of the sandbox and of git)")
     if not no_build:
         manifest, tag = secret_split()
@@ -306,6 +378,7 @@ def _site_line(site: dict, published: bool, filtered: list[str]) -> None:
                    "`arena score --publish` updates the published board.")
 
 
+# ---------------------------------------------------------------- leaderboard
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True)
@@ -371,32 +444,7 @@ def leaderboard(as_json, as_csv, store_dir, local, site_dir, publish, publish_al
         render.print_terminal(board)
 
 
-# ---- compression (issue 3)
-@main.command("models")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--refresh", is_flag=True, help="Re-evaluate every model and update its card first.")
-@click.option("--device", default=None)
-def models_cmd(as_json, refresh, device):
-    """List the zoo: file size, ratio to the dense fp32 file, WER fields."""
-    from arena.zoo.build import refresh_cards
-    from arena.zoo.registry import list_models
-
-    if refresh:
-        refresh_cards(device=device, progress=not as_json)
-    rows = list_models()
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("the zoo is empty")
-    for r in rows:
-        ratio = "-" if r["size_ratio"] is None else f"{100 * r['size_ratio']:.2f}%"
-        wer = "-" if r["wer"] is None else f"{r['wer']:.4f}"
-        reg = "-" if r["rel_wer_regression"] is None else f"{100 * r['rel_wer_regression']:+.1f}%"
-        click.echo(f"{r['name']:<12} {r['bytes']:>10} B  {ratio:>7} of dense  WER {wer}  "
-                   f"rel {reg}  fine-tuned {r['fine_tuned']}")
-
-
+# ---------------------------------------------------------------- bench
 @main.group("bench")
 def bench_group():
     """Benchmarks (ratios against a baseline measured in the same process)."""
@@ -443,10 +491,8 @@ def bench_models_cmd(names, device, batch, seconds, repeats, as_json):
                         repeats=repeats, print_table=not as_json)
     if as_json:
         _echo_json(rows)
-# ---- end compression (issue 3)
 
 
-# ---- attack speed (issue 6)
 @bench_group.command("attacks")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--n", "n", type=int, default=None, help="Dev utterances (default 16 on CPU, 512 on CUDA).")
@@ -472,7 +518,7 @@ def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art,
         result = bench_attacks(device=device, n=n, steps=steps, budget=budget, model=model_name,
                                batch_sizes=sizes, art=not no_art, log=log)
     except (FileNotFoundError, ValueError, SandboxUnavailable) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
     if mfu:
         from arena.bench.mfu import bench_mfu, print_mfu
 
@@ -484,10 +530,8 @@ def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art,
     if mfu:
         print_mfu(result["mfu"])
 
-# ---- end attack speed (issue 6)
 
 
-# ---- scale-out (issue 17)
 @bench_group.command("scale")
 @click.option("--n", "n", type=int, default=8, show_default=True,
               help="Utterances of the quick profile's split.")
@@ -512,53 +556,6 @@ def bench_scale_cmd(n, entries, models, keep, as_json):
         _echo_json(result)
     else:
         print_scale(result)
-
-
-# ---- submissions (issue 4)
-@main.command()
-@click.argument("path", type=click.Path(exists=True))
-@click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "errors": [...]}.')
-@click.option("--wall", "wall_s", type=float, default=120.0, help="Wall-clock limit (s).")
-@click.option("--trusted", is_flag=True, help="Run WITHOUT the sandbox (your own code only).")
-def validate(path, as_json, wall_s, trusted):
-    """Check a submission folder and dry-run it in the sandbox on synthetic audio."""
-    from arena.sandbox import SandboxUnavailable
-    from arena.submissions.validate import validate as run_validate
-
-    try:
-        report = run_validate(path, wall_s=wall_s, trusted=trusted)
-    except SandboxUnavailable as e:
-        raise click.ClickException(str(e))
-    if as_json:
-        _echo_json(report.to_json())
-    elif report.ok:
-        m = report.manifest
-        click.echo(f"ok: {m.name} ({m.track}, entry {m.entry}) passed in {report.seconds:.1f} s")
-    else:
-        click.echo(f"{path}: {len(report.errors)} problem(s)", err=True)
-        for e in report.errors:  # plugin text: shown as text, never as terminal control
-            click.echo(f"- {safe_text.terminal(e, multiline=True)}", err=True)
-    sys.exit(0 if report.ok else 1)
-
-
-@main.command()
-@click.argument("path", type=click.Path(exists=True))
-@click.option("--replace", is_flag=True, help="Overwrite a submission of the same name.")
-@click.option("--max-unpacked-mb", type=int, default=50, show_default=True)
-@click.option("--trusted", is_flag=True, help="Validate WITHOUT the sandbox (your own code only).")
-def submit(path, replace, max_unpacked_mb, trusted):
-    """Install a submission (folder, .zip or .tar.gz) into submissions/<name>/ after validation."""
-    from arena.sandbox import SandboxUnavailable
-    from arena.submissions.manifest import SubmissionError
-    from arena.submissions.submit import submit as run_submit
-
-    try:
-        record = run_submit(path, replace=replace, max_unpacked_mb=max_unpacked_mb, trusted=trusted)
-    except (SubmissionError, SandboxUnavailable) as e:
-        raise click.ClickException(safe_text.terminal(str(e), multiline=True))
-    click.echo(f"submitted {record['name']} ({record['track']}), content hash "
-               f"{record['content_hash'][:12]}")
-# ---- end submissions (issue 4)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ import torch
 
 from arena.core import paths
 from arena.core.audio import AudioBatch
+from arena.sandbox import SandboxLimits, bwrap, run_attack_job, run_defense_job
 from arena.submissions.manifest import plugin_spec
-from arena.sandbox import SandboxLimits, run_attack_job, run_defense_job
-from arena.sandbox import bwrap
 
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
 
@@ -145,19 +144,20 @@ def test_hostile_batches_fail_alone_and_leak_nothing(tmp_path, model_file, monke
     port = listener.getsockname()[1]
     try:
         hostile = make_sub(tmp_path / "subs2", "hostile", HOSTILE)
-        names = ["socket=%d" % port, "write=" + "|".join(outside),
+        names = [f"socket={port}", "write=" + "|".join(outside),
                  "read=" + "|".join([str(repo_secret), str(other / "secret.txt"),
                                      str(data / "dev" / "secret.txt")]),
                  "env", "nan", "shape", "dtype", "fine"]
         batches = [batch(n, seed=i) for i, n in enumerate(names)]
-        r = run_attack_job(plugin_spec(hostile), model_file, batches, "snr30", limits=SandboxLimits(wall_s=60))
+        r = run_attack_job(plugin_spec(hostile), model_file, batches, "snr30",
+                           limits=SandboxLimits(wall_s=60))
     finally:
         repo_secret.unlink()
     try:
         conn, _ = listener.accept()
         conn.close()
         got_connection = True
-    except (socket.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         got_connection = False
     listener.close()
     assert not got_connection, "the plugin reached a listener on the host"

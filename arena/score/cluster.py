@@ -83,12 +83,12 @@ def _localised(job, tmp: Path, submission, model: np.ndarray):
     model_dir = tmp / "model"
     model_dir.mkdir()
     model_path = model_dir / job.model.path.name
-    got = hashlib.sha256(memoryview(model)).hexdigest()
+    got = hashlib.sha256(model.tobytes()).hexdigest()
     if got != job.model.sha256:
         raise ClusterError(f"model {job.model.name}: received sha256 {got[:12]}, expected "
                            f"{job.model.sha256[:12]}")
     with open(model_path, "wb") as f:
-        f.write(memoryview(model))
+        f.write(model.tobytes())
     changes: dict[str, Any] = {"model": dataclasses.replace(job.model, path=model_path)}
     entry = _entry_of(job)
     if entry is not None:
@@ -127,7 +127,7 @@ class RayExecutor:
         self.max_retries, self._workers = max_retries, workers
         self._owns_connection = False
         self._refs: dict[tuple[str, str], Any] = {}   # (kind, content hash) -> ObjectRef
-        self._task = None
+        self._task: Any = None   # the Ray remote function, made on connect
 
     @property
     def gpu(self) -> bool:
@@ -279,7 +279,7 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, *, env: dict | None = 
     ray_constants.ENABLE_RAY_CLUSTER = False
     cluster = None
     try:
-        node = dict(num_cpus=cpus_per_node, node_ip_address=LOOPBACK)
+        node: dict[str, Any] = dict(num_cpus=cpus_per_node, node_ip_address=LOOPBACK)
         head = dict(node, include_dashboard=False)
         if system_config:
             head["_system_config"] = system_config

@@ -115,8 +115,8 @@ class Driver:
 
     def _finished(self, job, out: JobOutput | None, error: BaseException | None) -> None:
         self.progress.finished(job.name)
-        if error is not None:  # a harness bug or a lost node must not lose the rest of the run
-            self._harness_error(job, error)
+        if error is not None or out is None:  # a harness bug or a lost node must not lose the rest
+            self._harness_error(job, error or RuntimeError("the job returned nothing"))
             return
         if isinstance(job, DefenseRound) and job.group not in self.groups:
             return  # a round of an abandoned group, still in flight when it was abandoned
