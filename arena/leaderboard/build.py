@@ -17,8 +17,9 @@ def latest(cells: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def build(cells: list[dict], meta: dict | None = None) -> dict:
-    meta = meta or {}
+def scoped_cells(cells: list[dict], meta: dict) -> list[dict]:
+    """The cells the board shows: its last run's scope (profile, split, seed tag), entries,
+    models and utterance count, the newest cell per axes."""
     run = meta.get("last_run", {})
     scope = {k: run[k] for k in ("profile", "split", "seed_tag") if k in run}
     cells = [c for c in cells if all(c.get(k) == v for k, v in scope.items())]
@@ -30,8 +31,16 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
         cells = [c for c in cells if c["model"] in set(run["models"])]
     if run.get("n_utterances"):  # a --limit run's cells share the axes, not the data
         cells = [c for c in cells if len(c["metrics"].get("ids", ())) == run["n_utterances"]]
+    return latest(cells)
+
+
+def build(cells: list[dict], meta: dict | None = None) -> dict:
+    meta = meta or {}
+    run = meta.get("last_run", {})
+    cells = scoped_cells(cells, meta)
+    scope = {k: run[k] for k in ("profile", "split", "seed_tag") if k in run}
     # a fixed order, so the board (resampling included) depends on the cells, not on their order
-    cells = sorted(latest(cells), key=lambda c: tuple(str(c.get(k)) for k in AXES))
+    cells = sorted(cells, key=lambda c: tuple(str(c.get(k)) for k in AXES))
     by_kind = {k: [c for c in cells if c["kind"] == k] for k in ("attack", "defense", "clean", "transfer")}
     # one resampler for the whole board: every interval and rank range is paired over utterances
     rs = formulas.Resampler.of(by_kind["defense"] + by_kind["clean"] + by_kind["transfer"])

@@ -240,21 +240,6 @@ class SiteWriter:
 
 
 # ------------------------------------------------------------------ the data behind pages
-def scoped_cells(cells: list[dict], meta: dict) -> list[dict]:
-    """The store's cells the board shows (its run's scope, entries and models; the newest
-    cell per axes): what build() keeps, with their per-utterance data."""
-    run = meta.get("last_run", {})
-    scope = {k: run[k] for k in ("profile", "split", "seed_tag") if k in run}
-    out = [c for c in cells if all(c.get(k) == v for k, v in scope.items())]
-    if run.get("entries"):
-        allowed = set(run["entries"])
-        out = [c for c in out if (c["attack"] in allowed or c["attack"] is None)
-               and (c["defense"] in allowed or c["defense"] is None)]
-    if run.get("models"):
-        out = [c for c in out if c["model"] in set(run["models"])]
-    return lb_build.latest(out)
-
-
 def model_info(names: list[str]) -> dict[str, dict]:
     """Size and card fields of the zoo's models (only what the site shows: never a path)."""
     try:
@@ -936,7 +921,7 @@ def write_site(out_dir, board: dict, cells: list[dict], meta: dict, context: dic
     `cells`: the store's cells (all of them; the board's scope is applied here)."""
     from arena.score.profiles import PROFILES
 
-    scoped = scoped_cells(cells, meta)
+    scoped = lb_build.scoped_cells(cells, meta)
     model_names = list(board.get("scope", {}).get("models")
                        or sorted({c["model"] for c in scoped if c["model"]}))
     profile = PROFILES.get(str(board.get("scope", {}).get("profile")))

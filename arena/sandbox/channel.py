@@ -28,18 +28,14 @@ def send(fd: int, name: str, data: bytes) -> None:
         view = view[n:]
 
 
-class Receiver(threading.Thread):
-    """Reads frames from `fd` into `out_dir` until EOF or stop(). `caps` maps each allowed
-    file name to its size cap. Any other name, a size over its cap or a malformed header
-    sets `error` and calls `on_error()` (which kills the job)."""
+class PipeReader(threading.Thread):
+    """Reads a pipe in a thread until EOF or stop(); subclasses consume `chunks()`."""
 
-    def __init__(self, fd: int, out_dir: str, caps: dict[str, int], on_error):
-        super().__init__(name="arena-job-receiver", daemon=True)
-        self.fd, self.out_dir, self.caps, self.on_error = fd, out_dir, caps, on_error
-        self.error: str | None = None
-        self.received: set[str] = set()
-        self.bytes = 0
+    def __init__(self, fd: int, name: str):
+        super().__init__(name=name, daemon=True)
+        self.fd = fd
         self._halt = threading.Event()
+        self._until = 0.0
 
     def stop(self, drain_s: float = 2.0) -> None:
         """Finish: read what is left until EOF, or for at most `drain_s` (a process outside
@@ -47,19 +43,37 @@ class Receiver(threading.Thread):
         self._until = time.monotonic() + drain_s
         self._halt.set()
 
+    def chunks(self):
+        """The pipe's bytes as they arrive, until EOF or (after stop()) drained."""
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if self._halt.is_set() and (not ready or time.monotonic() > self._until):
+                return
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return
+            yield chunk
+
+
+class Receiver(PipeReader):
+    """Reads frames from `fd` into `out_dir` until EOF or stop(). `caps` maps each allowed
+    file name to its size cap. Any other name, a size over its cap or a malformed header
+    sets `error` and calls `on_error()` (which kills the job)."""
+
+    def __init__(self, fd: int, out_dir: str, caps: dict[str, int], on_error):
+        super().__init__(fd, "arena-job-receiver")
+        self.out_dir, self.caps, self.on_error = out_dir, caps, on_error
+        self.error: str | None = None
+        self.received: set[str] = set()
+        self.bytes = 0
+
     def run(self) -> None:
         header = bytearray()
         out = None           # (fd, name, tmp path, bytes left)
         try:
-            while True:
-                ready, _, _ = select.select([self.fd], [], [], 0.1)
-                if self._halt.is_set() and (not ready or time.monotonic() > self._until):
-                    return
-                if not ready:
-                    continue
-                chunk = os.read(self.fd, 1 << 16)
-                if not chunk:
-                    return
+            for chunk in self.chunks():
                 view = memoryview(chunk)
                 while view:
                     if out is None:

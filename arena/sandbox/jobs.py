@@ -13,14 +13,12 @@ import json
 import math
 import os
 import re
-import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -33,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from arena.core.budget import Budget
 from arena.plugins.spec import PluginSpec, submission_files
 from arena.sandbox import bwrap
-from arena.sandbox.channel import Receiver
+from arena.sandbox.channel import PipeReader, Receiver
 from arena.sandbox.control import TASK_SLACK, JobControl
 
 MAX_STATUS_BYTES = 16 * 1024 * 1024
@@ -404,32 +402,17 @@ def _run_job(role: str, plugin: PluginSpec, model_path, batches, per_batch: list
             warnings.warn(f"could not remove the job folder {jobdir}", stacklevel=2)
 
 
-class _LogTail(threading.Thread):
+class _LogTail(PipeReader):
     """Keeps the first and the last bytes of the job's stdout/stderr in memory (a plugin
     printing gigabytes costs the host no disk)."""
 
     def __init__(self, fd: int):
-        super().__init__(name="arena-job-log", daemon=True)
-        self.fd, self.head, self.tail = fd, bytearray(), bytearray()
-        self._halt = threading.Event()
-
-    def stop(self, drain_s: float = 2.0) -> None:
-        """Finish: read what is left until EOF, or for at most `drain_s` (a process outside
-        the sandbox's PID namespace, in --trusted mode, may keep the pipe open)."""
-        self._until = time.monotonic() + drain_s
-        self._halt.set()
+        super().__init__(fd, "arena-job-log")
+        self.head, self.tail = bytearray(), bytearray()
 
     def run(self) -> None:
         try:
-            while True:
-                ready, _, _ = select.select([self.fd], [], [], 0.1)
-                if self._halt.is_set() and (not ready or time.monotonic() > self._until):
-                    return
-                if not ready:
-                    continue
-                chunk = os.read(self.fd, 1 << 16)
-                if not chunk:
-                    return
+            for chunk in self.chunks():
                 if len(self.head) < 4096:
                     self.head += chunk[:4096 - len(self.head)]
                 self.tail += chunk
