@@ -81,3 +81,14 @@ def test_import_arena_does_not_import_torch():
     code = "import sys, arena; arena.__version__; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_function_in_score_is_over_60_lines():
+    long = []
+    for path in sorted((PACKAGE / "score").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert long == [], long

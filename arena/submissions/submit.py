@@ -131,6 +131,19 @@ def _check_zip_directory(path: Path) -> None:
                               f"{MAX_ZIP_DIRECTORY >> 20} MB; refused")
 
 
+def _place(dest: Path, rel: PurePosixPath, is_dir: bool, counter: _Counter) -> Path | None:
+    """Count an archive member and make its place: a folder is made (None is returned), a
+    file's parent folder is made and its path returned."""
+    out = _target(dest, rel)
+    if is_dir:
+        counter.add_dir(rel)
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    counter.add_file(rel)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _unzip(path: Path, dest: Path, counter: _Counter) -> None:
     _check_zip_directory(path)
     with zipfile.ZipFile(path) as z:
@@ -149,13 +162,9 @@ def _unzip(path: Path, dest: Path, counter: _Counter) -> None:
             if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 kind = "symlink" if stat.S_ISLNK(mode) else "special file"
                 raise SubmissionError(f"archive member {info.filename!r} is a {kind}; refused")
-            out = _target(dest, rel)
-            if info.is_dir():
-                counter.add_dir(rel)
-                out.mkdir(parents=True, exist_ok=True)
+            out = _place(dest, rel, info.is_dir(), counter)
+            if out is None:
                 continue
-            counter.add_file(rel)
-            out.parent.mkdir(parents=True, exist_ok=True)
             with z.open(info) as src:
                 counter.copy(src, out, info.filename)
 
@@ -221,17 +230,13 @@ def _untar_members(t: tarfile.TarFile, capped: _CappedReads, dest: Path, counter
         if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
             raise SubmissionError(f"archive member {member.name!r} is a device, fifo, sparse "
                                   "or other special file; refused")
-        out = _target(dest, rel)
-        if member.isdir():
-            counter.add_dir(rel)
-            out.mkdir(parents=True, exist_ok=True)
+        out = _place(dest, rel, member.isdir(), counter)
+        if out is None:
             continue
-        counter.add_file(rel)
         declared += member.size
         if declared > counter.max_bytes:
             raise SubmissionError(f"archive declares more than "
                                   f"{counter.max_bytes // (1024 * 1024)} MB unpacked; refused")
-        out.parent.mkdir(parents=True, exist_ok=True)
         src = t.extractfile(member)
         capped.in_data = True
         try:
