@@ -40,11 +40,15 @@ TRACK_NAMES = {"attacks": "untargeted attack", "targeted_attacks": "targeted att
 TRACK_HEADINGS = {"attacks": "Untargeted attacks", "targeted_attacks": "Targeted attacks",
                   "defenses": "Defenses"}
 TRACK_EXPLAINED = {
-    "attacks": "Score: mean ΔWER over defenses × models × budgets. Higher is stronger.",
-    "targeted_attacks": "Score: share of utterances transcribed exactly as the target. Higher is "
+    "attacks": "Score: for each model and budget, the median ΔWER over the eligible defenses "
+               "(no defense, and every defense that is not regressed); then the mean over models "
+               "× budgets. Each utterance counts at most 1.0. Higher is stronger.",
+    "targeted_attacks": "Score: share of utterances transcribed exactly as the target, median "
+                        "over the eligible defenses, mean over models × budgets. Higher is "
                         "stronger; ties go to the lower character error rate to the target.",
-    "defenses": "Score: WER under the worst attack per utterance, averaged over models × budgets. "
-                "Lower is better; a regressed defense ranks after every other one.",
+    "defenses": "Score: WER under the worst attack per utterance (targeted attacks' audio "
+                "included), averaged over models × budgets. Lower is better; a regressed "
+                "defense ranks after every other one.",
 }
 # row fields that have their own rendering (or none) in the ranking tables
 _SHOWN_APART = {"name", "rank", "score", "ci_low", "ci_high", "rank_lo", "rank_hi", "errors",
@@ -630,8 +634,12 @@ def rules_html(board: dict) -> str:
         f"<b>Untargeted attacks</b>: {e(TRACK_EXPLAINED['attacks'])}",
         f"<b>Targeted attacks</b>: {e(TRACK_EXPLAINED['targeted_attacks'])}",
         "<b>Defenses</b>: for each model and budget, each utterance counts with the attack that "
-        "hurt it most (the most word errors); the WER of those worst cases is averaged over models "
-        "and budgets. Lower is better.",
+        "hurt it most (the most word errors, targeted attacks included); the WER of those worst "
+        "cases is averaged over models and budgets. Lower is better.",
+        "<b>Why a median</b>: one defense, whatever it answers, moves an attack's median only "
+        "between its neighbours among the other defenses; the bound is printed per attack "
+        "(<em>defense influence bound</em>). With a mean, an attack and a sacrificial defense "
+        "that recognises it could buy rank 1.",
         f"<b>Regressed</b>: a defense whose clean WER (mean over models) is more than "
         f"{margin:.2f} ({100 * margin:.0f} percentage points, absolute) above the undefended "
         "models' clean WER is marked <em>regressed</em> and ranked after every defense that is "
