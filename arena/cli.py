@@ -257,103 +257,34 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
 
     Without --publish the run is local: its cells and site go to leaderboard/local/ (not
     versioned), reusing the published cells, and the published board is left as it is."""
-    from pathlib import Path
-
-    from arena.core.device import default_device
-    from arena.data.manifest import ManifestError
-    from arena.leaderboard import build as lb_build
-    from arena.leaderboard import publish as pub
     from arena.leaderboard import render
-    from arena.score.profiles import get_profile
-    from arena.score.run import ScoreOptions, run_score, target_specs
-    from arena.score.subset import load_subset
-    from arena.submissions.entries import discover
+    from arena.leaderboard.scoring import ScoreFailed, ScoreRefused, ScoreRequest, score_board
 
-    device = default_device(device)
-    profile = get_profile(profile or ("full" if device.startswith("cuda") else "quick"),
-                          split, n_utterances)
-    names = (_split_names(attacks) or []) + (_split_names(defenses) or [])
-    entries, problems = discover()
-    if attacks:
-        keep = set(_split_names(attacks))
-        entries = [e for e in entries if not e.is_attack or e.name in keep]
-    if defenses:
-        keep = set(_split_names(defenses))
-        entries = [e for e in entries if e.is_attack or e.name in keep]
-    missing = set(names) - {e.name for e in entries}
-    if missing:
-        raise click.UsageError(f"unknown entries: {', '.join(sorted(missing))}")
-    published_root = Path(store_dir) if (publish and store_dir) else pub.published_root()
-    if not publish and store_dir and pub.same_place(store_dir, pub.published_root()):
-        raise click.UsageError(f"{store_dir} is the published board: only `arena score --publish` "
-                               "writes it (a local run uses leaderboard/local/)")
-    filtered = pub.filters_of(profile=profile.name, split=profile.split,
-                              n_utterances=profile.n_utterances, manifest=manifest,
-                              attacks=attacks, defenses=defenses, models=models,
-                              committed=pub.committed_scope(pub.open_published(published_root)))
-    if publish and filtered:
-        raise click.UsageError("--publish scores the whole grid of the published board; this run "
-                               "is filtered: " + "; ".join(filtered))
-    if trusted:
-        click.echo("WARNING: --trusted runs plugin code WITHOUT the sandbox", err=True)
-    for p in problems:
-        click.echo(f"skipped: {safe_text.terminal(safe_text.redact_paths(p))}", err=True)
-    if publish:
-        store = pub.publishing_store(published_root)
-    elif store_dir:
-        store = pub.LayeredStore(store_dir, None)
-    else:
-        store = pub.local_store()
-    options = ScoreOptions(profile=profile, device=device, trusted=trusted, progress=not as_json,
-                           workers=workers)
+    request = ScoreRequest(profile, split, n_utterances, manifest, _split_names(attacks),
+                           _split_names(defenses), _split_names(models), device, trusted,
+                           store_dir, publish, workers, cluster, gpus_per_job, progress=not as_json)
+
+    def warn(text: str) -> None:
+        click.echo(safe_text.terminal(safe_text.redact_paths(text)), err=True)
+
     try:
-        models = target_specs(_split_names(models))
-        subset = load_subset(profile, progress=not as_json, manifest=manifest)
-    except (FileNotFoundError, ManifestError) as e:
+        out = score_board(request, warn=warn)
+    except ScoreRefused as e:
+        raise click.UsageError(str(e)) from None
+    except ScoreFailed as e:
         raise click.ClickException(str(e)) from None
-    executor = None
-    if cluster:
-        from arena.score.cluster import ClusterError, RayExecutor
-
-        try:
-            executor = RayExecutor(cluster, device=device, gpus_per_job=gpus_per_job, workers=workers)
-            executor.connect()
-            executor.check()   # the cluster has what the jobs ask for (CPUs, GPUs)
-        except ClusterError as e:
-            if executor is not None:
-                executor.close()
-            raise click.ClickException(str(e)) from None
-    try:
-        report = run_score(store, options, entries, models, subset=subset, problems=problems,
-                           executor=executor)
-    finally:
-        if executor is not None:
-            executor.close()
-    clean = _listening_clean(subset)
-    if publish:
-        result = pub.publish(store, store.pending_meta.get("last_run"),
-                             site_builder=lambda st, b, ctx: pub.write_store_site(st, b, ctx, clean=clean))
-        board, site = lb_build.build(store.cells(), store.meta()), result.site
-    else:
-        store.set_meta("local_run", {"filtered": filtered})
-        board = lb_build.build(store.cells(), store.meta())
-        site = pub.write_store_site(store, board, pub.local_context(store, filtered), clean=clean)
     if as_json:
-        _echo_json({**render.to_json(board), "report": report.as_meta(), "published": publish,
-                    "filtered": filtered, "site": _shown_path(site["index"])})
+        _echo_json({**render.to_json(out.board), "report": out.report.as_meta(),
+                    "published": out.published, "filtered": out.filtered,
+                    "site": _shown_path(out.site["index"])})
         return
-    render.print_terminal(board)
+    render.print_terminal(out.board)
+    report = out.report
     click.echo(f"{report.computed} cells computed, {report.reused} reused, "
                f"{len(report.failed_jobs)} failed jobs, {report.seconds:.0f} s")
     for failure in report.failed_jobs:
         click.echo(f"  failed: {safe_text.terminal(safe_text.redact_paths(failure))}")
-    _site_line(site, publish, filtered)
-
-
-def _listening_clean(subset):
-    from arena.leaderboard.site import subset_clean
-
-    return subset_clean(subset)
+    _site_line(out.site, out.published, out.filtered)
 
 
 def _shown_path(path) -> str:

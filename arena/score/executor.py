@@ -15,7 +15,10 @@ Outcome = tuple[Any, Any, BaseException | None]   # (job, output, error)
 
 
 class Executor(Protocol):
-    workers: int
+    @property
+    def workers(self) -> int:
+        """How many jobs may be in flight at once."""
+        ...
 
     def run(self, jobs: Iterable[Any], fn: Callable[[Any], Any]) -> Iterator[Outcome]:
         """Run fn(job) for every job; yield (job, output, None) or (job, None, error) as
