@@ -1,4 +1,4 @@
-"""Perturbation budgets (DESIGN.md, Budgets) and their harness-side enforcement.
+"""Perturbation budgets (docs/design.md, Budgets) and their harness-side enforcement.
 
 `Budget.project` is what the harness applies to every attack output: the plugin never
 gets to decide how its perturbation is measured.

@@ -1,4 +1,4 @@
-"""Scores as pure functions of finished cells (DESIGN.md, Scoring).
+"""Scores as pure functions of finished cells (docs/design.md, Scoring).
 
 A cell is a dict like the store returns: kind, attack, budget, defense, model, error and
 `metrics` with per-utterance `ids`, `word_edits`, `words`, `char_edits`, `chars` (and for

@@ -1,4 +1,4 @@
-"""Running one plugin job in an isolated process (bubblewrap); see DESIGN.md, Sandbox."""
+"""Running one plugin job in an isolated process (bubblewrap); see docs/design.md and docs/threat-model.md."""
 from arena.sandbox.bwrap import SandboxUnavailable
 from arena.sandbox.jobs import BatchOutcome, JobResult, SandboxLimits, run_attack_job, run_defense_job
 

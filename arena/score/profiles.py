@@ -18,7 +18,7 @@ class Profile:
 PROFILES = {
     # the default without a GPU: finishes in minutes on a 2-core CPU
     "quick": Profile("quick", "dev", 12, ("snr30", "linf0.003"), "quick", 40.0),
-    # the default with a GPU: every DESIGN.md budget on the full test split
+    # the default with a GPU: every budget of docs/design.md on the full test split
     "full": Profile("full", "test", 1000, ("snr40", "snr35", "snr30", "snr25", "linf0.001",
                                            "linf0.003", "linf0.01"), "full", 400.0),
 }
