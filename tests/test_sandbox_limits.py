@@ -160,8 +160,11 @@ def test_multi_process_memory_hog_is_killed_and_reported(tmp_path, model_file, m
     if mode == "cgroup":
         if "memory: cgroup" not in r.limits_via:
             pytest.skip(f"no writable memory cgroup here ({r.limits_via}); the watchdog case covers it")
-        assert held_mb <= limit_mb, f"the job held {held_mb:.0f} MB under a {limit_mb} MB limit"
+        # the cgroup's own peak is exact; the sampler sums anonymous memory over processes,
+        # which counts copy-on-write pages the forked hogs still share more than once (3590
+        # MB was seen once under this 3584 MB limit); the old per-process limits let 4,501 MB
         assert 0 < r.peak_memory_mb <= limit_mb
+        assert held_mb <= limit_mb + 64, f"the job held {held_mb:.0f} MB under a {limit_mb} MB limit"
     else:
         assert sampler.peak_pss / 2**20 <= limit_mb + 512, f"the job held {held_mb:.0f} MB"
         assert r.peak_memory_mb > limit_mb        # what the watchdog saw when it killed the job
