@@ -50,3 +50,15 @@ def data_dir(tmp_path, monkeypatch):
     d = tmp_path / "data"
     monkeypatch.setenv("ARENA_DATA", str(d))
     return d
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny random Conformer-CTC saved as a model file (what a sandbox job targets)."""
+    from arena.asr.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(build_model("conformer-ctc", **TINY_CONFIG), path)
+    path.chmod(0o644)    # as zoo files are: the plugin may read its own target
+    return path

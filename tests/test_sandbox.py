@@ -80,17 +80,6 @@ def make_sub(root: Path, name: str, code: str, track: str = "attack") -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from arena.asr.models import build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(build_model("conformer-ctc", d_model=32, num_layers=1, num_heads=2, ffn_dim=64,
-                                conv_kernel=7, dropout=0.0), path)
-    return path
-
-
 def batch(uid: str, T: int = 8000, seed: int = 0) -> AudioBatch:
     g = torch.Generator().manual_seed(seed)
     return AudioBatch([uid], (torch.rand(1, T, generator=g) - 0.5) * 0.5,

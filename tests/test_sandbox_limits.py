@@ -43,18 +43,6 @@ def limits(**kw) -> SandboxLimits:
     return SandboxLimits(**{k: v for k, v in kw.items() if k in known})
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from arena.asr.models import build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(build_model("conformer-ctc", d_model=32, num_layers=1, num_heads=2, ffn_dim=64,
-                                conv_kernel=7, dropout=0.0), path)
-    path.chmod(0o644)    # as zoo files are: the plugin may read its own target
-    return path
-
-
 def batch(uid: str, T: int = 8000) -> AudioBatch:
     g = torch.Generator().manual_seed(0)
     return AudioBatch([uid], (torch.rand(1, T, generator=g) - 0.5) * 0.5, torch.tensor([T]),

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from arena.asr.models import TINY_CONFIG
 from arena.core import paths
 
-TINY = dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
 CRASH = "from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n" \
         "        raise ValueError('boom at step 3')\n"
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
             mp.setenv(k, v)
         manifest = ensure_split("dev", DEFAULT_SEED, size=4, progress=False)
         torch.manual_seed(0)
-        dense = build_model("conformer-ctc", **TINY).eval()
+        dense = build_model("conformer-ctc", **TINY_CONFIG).eval()
         Path(env["ARENA_ZOO"]).mkdir()
         save_checkpoint(dense, Path(env["ARENA_ZOO"]) / "dense.safetensors")
         int8 = compress_(copy.deepcopy(dense), parse_recipe("int8"))

@@ -46,23 +46,14 @@ def env(tmp_path, monkeypatch):
     return sub
 
 
-def _hits(sub, manifest, tiny_model_file) -> tuple[int, int]:
+def _hits(sub, manifest, model_file) -> tuple[int, int]:
     data = AudioSet.from_manifest(manifest)
     wave, lengths = pad_waves([data.wave(i) for i in range(len(data))])
     batch = AudioBatch([f"x{i}" for i in range(len(data))], wave, lengths)
-    result = run_defense_job(plugin_spec(sub), tiny_model_file, [batch])
+    result = run_defense_job(plugin_spec(sub), model_file, [batch])
     assert result.status == "ok", result.error
     hyps = result.batches[0].transcripts
     return sum(h == t for h, t in zip(hyps, data.texts)), len(data)
-
-
-@pytest.fixture
-def tiny_model_file(tmp_path, tiny_net):
-    from arena.asr.models import save_checkpoint
-
-    path = tmp_path / "tiny.safetensors"
-    save_checkpoint(tiny_net, path)
-    return path
 
 
 def test_secret_is_owner_only_and_long(env):
@@ -82,11 +73,11 @@ def test_a_missing_secret_says_what_to_do(env):
 
 
 @pytest.mark.slow
-def test_regenerating_the_corpus_works_on_the_public_split_only(env, tiny_model_file):
+def test_regenerating_the_corpus_works_on_the_public_split_only(env, model_file):
     public = ensure_split("dev", DEFAULT_SEED, size=4, progress=False)
-    hits, n = _hits(env, public, tiny_model_file)
+    hits, n = _hits(env, public, model_file)
     assert hits == n == 4  # the weakness: every public transcript recovered in the sandbox
     subset_mod.create_secret()
     secret, _ = subset_mod.secret_split(progress=False, size=4)
-    hits, n = _hits(env, secret, tiny_model_file)
+    hits, n = _hits(env, secret, model_file)
     assert n == 4 and hits == 0
