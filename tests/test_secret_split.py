@@ -81,3 +81,13 @@ def test_regenerating_the_corpus_works_on_the_public_split_only(env, model_file)
     secret, _ = subset_mod.secret_split(progress=False, size=4)
     hits, n = _hits(env, secret, model_file)
     assert n == 4 and hits == 0
+
+
+def test_a_secret_in_an_existing_shared_folder_leaves_its_mode(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o1777)
+    monkeypatch.setenv("ARENA_SECRET_FILE", str(shared / "split.key"))
+    path = subset_mod.create_secret()
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -69,8 +69,11 @@ def create_secret(path: Path | None = None, overwrite: bool = False) -> Path:
     path = path or secret_path()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace the secret")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    if not path.parent.exists():
+        # a folder we make is the owner's only; an existing one (ARENA_SECRET_FILE may point
+        # into a shared folder such as /tmp) keeps its mode: the file itself is 0600
+        path.parent.mkdir(parents=True)
+        os.chmod(path.parent, 0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
