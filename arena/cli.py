@@ -224,8 +224,10 @@ def _split_names(value):
 
 
 @main.command()
-@click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
-              help="quick (default without a GPU) or full (default with one).")
+@click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default=None,
+              help="quick (default without a GPU: minutes), standard (the committed board: "
+                   "200 utterances, converged reference attack, hours on a CPU) or full "
+                   "(default with a GPU).")
 @click.option("--split", type=click.Choice(["dev", "test", "secret"]), default=None,
               help="secret: the organiser's split (see `arena secret init`).")
 @click.option("--limit", "n_utterances", type=int, default=None, help="Utterances of the split.")

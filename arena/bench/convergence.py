@@ -7,7 +7,6 @@ same utterances and reports ΔWER with a 95% bootstrap interval over utterances,
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 import tomllib
 
@@ -21,6 +20,7 @@ from arena.core.budget import Budget
 from arena.data.batching import AudioSet, length_batches
 from arena.data.corpus import ensure_split
 from arena.plugins.api import TargetModel
+from arena.plugins.loader import load_reference
 from arena.zoo.registry import load_model
 
 TOLERANCE = 0.03
@@ -29,17 +29,8 @@ TOLERANCE = 0.03
 def load_baseline(name: str):
     """The entry class of a baseline folder (trusted: the arena's own reference code)."""
     folder = paths.baselines_dir() / name
-    module_name, class_name = _entry(folder)
-    spec = importlib.util.spec_from_file_location(f"arena_baseline_{name}", folder / f"{module_name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, class_name)
-
-
-def _entry(folder) -> tuple[str, str]:
     entry = tomllib.loads((folder / "submission.toml").read_text())["entry"]
-    module_name, class_name = entry.split(":")
-    return module_name, class_name
+    return getattr(load_reference(folder, name), entry.split(":")[1])
 
 
 def bootstrap_mean_ci(values: np.ndarray, weights: np.ndarray, n: int = 1000, seed: int = 0):

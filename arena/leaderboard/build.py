@@ -3,6 +3,7 @@ one record per result, the tables a render of those records)."""
 from __future__ import annotations
 
 from arena.leaderboard import formulas, safe_text
+from arena.score.keys import ADAPTIVE_ATTACK
 
 AXES = ("kind", "attack", "budget", "defense", "model", "source_model")
 
@@ -25,7 +26,8 @@ def scoped_cells(cells: list[dict], meta: dict) -> list[dict]:
     cells = [c for c in cells if all(c.get(k) == v for k, v in scope.items())]
     if run.get("entries"):
         allowed = set(run["entries"])
-        cells = [c for c in cells if (c["attack"] in allowed or c["attack"] is None)
+        allowed |= {None, ADAPTIVE_ATTACK}
+        cells = [c for c in cells if c["attack"] in allowed
                  and (c["defense"] in allowed or c["defense"] is None)]
     if run.get("models"):
         cells = [c for c in cells if c["model"] in set(run["models"])]
@@ -41,7 +43,8 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
     scope = {k: run[k] for k in ("profile", "split", "seed_tag") if k in run}
     # a fixed order, so the board (resampling included) depends on the cells, not on their order
     cells = sorted(cells, key=lambda c: tuple(str(c.get(k)) for k in AXES))
-    by_kind = {k: [c for c in cells if c["kind"] == k] for k in ("attack", "defense", "clean", "transfer")}
+    by_kind = {k: [c for c in cells if c["kind"] == k]
+               for k in ("attack", "adaptive", "defense", "clean", "transfer")}
     # one resampler for the whole board: every interval and rank range is paired over utterances
     rs = formulas.Resampler.of(by_kind["defense"] + by_kind["clean"] + by_kind["transfer"])
     rows = formulas.cell_table(by_kind["defense"], by_kind["clean"], rs)
@@ -61,7 +64,8 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
                   "device": run.get("device"), "models": run.get("models")},
         "attacks": attacks,
         "targeted_attacks": targeted,
-        "defenses": formulas.defense_scores(by_kind["defense"], by_kind["clean"], rs=rs),
+        "defenses": formulas.defense_scores(by_kind["defense"], by_kind["clean"], rs=rs,
+                                            adaptive_cells=by_kind["adaptive"]),
         "model_robustness": formulas.model_robustness(rows),
         "transfer": formulas.transfer_table(by_kind["transfer"], by_kind["clean"], rs),
         "budget_curves": formulas.budget_curve(rows),

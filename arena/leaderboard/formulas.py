@@ -327,29 +327,48 @@ def _counts(counts: dict | None, name: str) -> dict:
 
 # ------------------------------------------------------------------ defenses
 def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_MARGIN,
-                   rs: Resampler | None = None) -> list[dict]:
+                   rs: Resampler | None = None, adaptive_cells=()) -> list[dict]:
     """Robust WER under the worst attack per utterance (AutoAttack style) over every attack's
-    audio, targeted attacks' included, per (model, budget), averaged; lower ranks first. A
-    defense whose clean WER is more than `margin` above the undefended model's is marked
-    and ranked after all others."""
+    audio, targeted attacks' and the adaptive attack's included, per (model, budget),
+    averaged; lower ranks first. Also, with intervals: `non_adaptive_wer` (the worst case
+    without the adaptive attack) and `adaptive_wer` (the adaptive attack alone); `adaptive`
+    says how the attack reached the defense ("bpda": through its purify; "transfer": it only
+    implements transcribe, so the attack went through the bare model; "white-box": the
+    defense is the bare model; self-reported by the defense's process) and
+    `oracle_agreement` how often our model on its purify agreed with its transcribe on the
+    adaptive audio. A defense whose clean WER is more than `margin` above the undefended
+    model's is marked and ranked after all others."""
     rs = rs or Resampler.of(list(defense_cells) + list(clean_cells))
     clean = _clean_index(clean_cells)
     groups = defaultdict(list)  # (defense, model, budget) -> cells
     for c in defense_cells:
         groups[(c["defense"], c["model"], c["budget"])].append(c)
     keys = sorted(groups, key=lambda g: tuple(str(x) for x in g))
-    worst = _worst_case_reps([groups[g] for g in keys], rs)
-    robust = defaultdict(list)
-    for j, (defense, _model, _budget) in enumerate(keys):
-        robust[defense].append(worst[:, j])
+    columns = {"score": _worst_case_reps([groups[g] for g in keys], rs),
+               "non_adaptive_wer": _worst_case_reps(
+                   [[c for c in groups[g] if not _adaptive(c)] or groups[g] for g in keys], rs)}
+    adaptive_of = {g: [c for c in groups[g] if _adaptive(c)] for g in keys}
+    with_adaptive = [g for g in keys if adaptive_of[g]]
+    adaptive_reps = dict(zip(with_adaptive, _worst_case_reps([adaptive_of[g] for g in with_adaptive], rs).T))
+    per_defense: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for j, g in enumerate(keys):
+        for name, reps in columns.items():
+            per_defense[g[0]][name].append(reps[:, j])
+        if g in adaptive_reps:
+            per_defense[g[0]]["adaptive_wer"].append(adaptive_reps[g])
     clean_cells_of = defaultdict(list)
     for (d, _), c in sorted(clean.items()):
         clean_cells_of[d].append(c)
     base = _mean([cell_wer(c) for c in clean_cells_of.get(NO_DEFENSE, [])])
+    oracles = _oracles(adaptive_cells, defense_cells)
     out = []
-    for defense, values in robust.items():
-        row = _with_ci(dict(name=defense), "score", np.mean(values, axis=0), primary=True)
-        row["_score"] = np.mean(values, axis=0)
+    for defense, values in per_defense.items():
+        row = _with_ci(dict(name=defense), "score", np.mean(values["score"], axis=0), primary=True)
+        row["_score"] = np.mean(values["score"], axis=0)
+        _with_ci(row, "non_adaptive_wer", np.mean(values["non_adaptive_wer"], axis=0))
+        _with_ci(row, "adaptive_wer", np.mean(values["adaptive_wer"], axis=0)
+                 if values.get("adaptive_wer") else None)
+        row.update(oracles.get(defense, dict(adaptive=None, oracle_agreement=None)))
         cw = clean_cells_of.get(defense, [])
         _with_ci(row, "clean_wer", rs.cell_rates(cw, "word_edits", "words").mean(axis=1) if cw else None)
         regression = (row["clean_wer"] - (base if base is not None else row["clean_wer"])
@@ -358,10 +377,36 @@ def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_
                         | {c["error"] for c in cw if c.get("error")})
         row.update(clean_regression=regression,
                    regressed=bool(regression is not None and regression > margin),
-                   cells=len(values), errors=errors)
+                   cells=len(values["score"]), errors=errors)
         out.append(row)
     return _ranked(out, key=lambda r: (r["regressed"], _sortable(r["score"], 1)),
                    higher_is_better=False, tier=lambda r: int(r["regressed"]))
+
+
+def _adaptive(cell: dict) -> bool:
+    return cell["metrics"].get("track") == "adaptive"
+
+
+def _oracles(adaptive_cells, defense_cells) -> dict[str, dict]:
+    """Per defense: how the adaptive attack reached it, and the share of utterances where our
+    model on its purify gave the transcript its transcribe gave (1.0 for an honest
+    deterministic purify-then-transcribe defense)."""
+    answers = {(c["defense"], c["model"], c["budget"]): c["metrics"] for c in defense_cells if _adaptive(c)}
+    kinds: dict[str, set] = defaultdict(set)
+    agree: dict[str, list[bool]] = defaultdict(list)
+    for c in adaptive_cells:
+        m = c["metrics"]
+        kinds[c["defense"]].add(m.get("oracle"))
+        got = answers.get((c["defense"], c["model"], c["budget"]))
+        if not got or "hypotheses" not in got:
+            continue
+        theirs = dict(zip(got["ids"], got["hypotheses"]))
+        for uid, ours in zip(m.get("ids", []), m.get("oracle_hypotheses", [])):
+            if ours is not None and uid in theirs:
+                agree[c["defense"]].append(ours == theirs[uid])
+    return {d: dict(adaptive="/".join(sorted(str(k) for k in ks)),
+                    oracle_agreement=float(np.mean(agree[d])) if agree[d] else None)
+            for d, ks in kinds.items()}
 
 
 def _worst_case_reps(groups: list[list[dict]], rs: Resampler) -> np.ndarray:

@@ -29,18 +29,22 @@ TRACK_COLUMNS = {
     "attacks": ["rank", "name", "score", "adv_wer", "snr_db", "queries_self_reported", "cells", "errors"],
     "targeted_attacks": ["rank", "name", "score", "cer_to_target", "delta_wer", "queries_self_reported",
                          "cells", "errors"],
-    "defenses": ["rank", "name", "score", "clean_wer", "regressed", "cells", "errors"],
+    "defenses": ["rank", "name", "score", "non_adaptive_wer", "adaptive_wer", "adaptive", "clean_wer",
+                 "regressed", "cells", "errors"],
 }
 TRACK_TITLES = {
     "attacks": "Untargeted attacks — score: median ΔWER over eligible defenses, mean over models × "
                "budgets (higher is stronger)",
     "targeted_attacks": "Targeted attacks — score: exact-match rate of the target, median over eligible "
                         "defenses (higher is stronger)",
-    "defenses": "Defenses — score: WER under the worst attack per utterance, targeted attacks included "
-                "(lower is better)",
+    "defenses": "Defenses — score: WER under the worst attack per utterance, targeted and adaptive "
+                "attacks included; non-adaptive and adaptive WER beside it (lower is better)",
 }
 LEGEND = ("[low, high]: 95% bootstrap interval over utterances; rank a-b: ranks the paired bootstrap "
           "cannot separate; eligible defenses: `none` and those without clean-WER regression; "
+          "adaptive: bpda = the reference attack through the defense's purify (straight-through, "
+          "averaged over its randomness), transfer = transcribe-only defense, attacked through the bare "
+          "model, white-box = the defense is the bare model (labels self-reported); "
           "query counts (fwd/bwd calls) are self-reported by the plugin's process and can be forged")
 PRIMARY = {"attacks": "score", "targeted_attacks": "score", "defenses": "score", "cells": "delta_wer",
            "model_robustness": "delta_wer", "transfer": "delta_wer", "clean": "clean_wer"}

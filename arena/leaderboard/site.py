@@ -47,8 +47,13 @@ TRACK_EXPLAINED = {
                         "over the eligible defenses, mean over models × budgets. Higher is "
                         "stronger; ties go to the lower character error rate to the target.",
     "defenses": "Score: WER under the worst attack per utterance (targeted attacks' audio "
-                "included), averaged over models × budgets. Lower is better; a regressed "
-                "defense ranks after every other one.",
+                "and the harness's adaptive attack included), averaged over models × budgets. "
+                "Beside it: the same without the adaptive attack (non_adaptive_wer) and the "
+                "adaptive attack alone (adaptive_wer): the reference APGD run through the "
+                "defense's purify in its sandbox, straight-through on the way back and averaged "
+                "over its randomness (adaptive = bpda), or through the bare model for a defense "
+                "that only implements transcribe (adaptive = transfer; labels self-reported). "
+                "Lower is better; a regressed defense ranks after every other one.",
 }
 # row fields that have their own rendering (or none) in the ranking tables
 _SHOWN_APART = {"name", "rank", "score", "ci_low", "ci_high", "rank_lo", "rank_hi", "errors",

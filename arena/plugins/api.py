@@ -1,8 +1,8 @@
 """The plugin API: what a submission subclasses and what it is given.
 
 A submission's entry class subclasses `Attack`, `TargetedAttack` or `Defense`; the sandbox
-worker instantiates it with no arguments (the harness sets `self.effort`, "quick" or
-"full", and `self.seed`, the scoring run's seed, before the first call) and calls it once
+worker instantiates it with no arguments (the harness sets `self.effort`, "quick",
+"standard" or "full", and `self.seed`, the scoring run's seed, before the first call) and calls it once
 per batch with a `TargetModel`.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Attack:
     """
 
     track = "attack"
-    effort = "full"   # set by the harness: "quick" or "full"; scale iteration counts by it
+    effort = "full"   # set by the harness: "quick", "standard" or "full"; scale iterations by it
     seed = 0          # set by the harness: the scoring run's seed, for the plugin's own RNGs
 
     def run(self, batch: AudioBatch, model: TargetModel, budget: Budget) -> torch.Tensor:

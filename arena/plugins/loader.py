@@ -1,8 +1,12 @@
-"""The one place plugin code is imported: inside the sandbox worker, never in the harness."""
+"""The one place plugin code is imported: submissions inside the sandbox worker only; the
+arena's own reference baselines also in the harness (load_reference)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
+import tomllib
+from pathlib import Path
 
 from arena.plugins.api import BASES
 
@@ -23,3 +27,18 @@ def load_plugin(folder: str, module: str, class_name: str, track: str, effort: s
     plugin.effort = effort
     plugin.seed = int(seed)
     return plugin
+
+
+def load_reference(folder, name: str):
+    """The module of one of the arena's own baselines, imported in the harness process: only
+    for reference code the harness runs itself (the adaptive evaluation, benchmarks), never
+    for submissions. Named by folder so that two loads of different folders never collide."""
+    entry = tomllib.loads((Path(folder) / "submission.toml").read_text())["entry"]
+    module_name = entry.split(":")[0]
+    spec = importlib.util.spec_from_file_location(f"arena_reference_{name}",
+                                                  Path(folder) / f"{module_name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the reference {name!r} from {folder}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

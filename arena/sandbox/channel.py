@@ -28,6 +28,29 @@ def send(fd: int, name: str, data: bytes) -> None:
         view = view[n:]
 
 
+def recv(fd: int) -> tuple[str, bytes] | None:
+    """Read one frame written by `send` (the worker reading the harness's requests, so the
+    sender is trusted); None at EOF."""
+    header = bytearray()
+    while not header.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            return None
+        header += byte
+        if len(header) > HEADER_MAX:
+            raise ValueError("request frame header too long")
+    m = _HEADER.fullmatch(bytes(header[:-1]))
+    if m is None:
+        raise ValueError(f"malformed request frame header {bytes(header[:60])!r}")
+    size, data = int(m.group(2)), bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return m.group(1).decode(), bytes(data)
+
+
 class PipeReader(threading.Thread):
     """Reads a pipe in a thread until EOF or stop(); subclasses consume `chunks()`."""
 
@@ -68,6 +91,27 @@ class Receiver(PipeReader):
         self.error: str | None = None
         self.received: set[str] = set()
         self.bytes = 0
+        self.closed = False
+        self._arrived = threading.Condition()
+
+    def wait_for(self, name: str, deadline: float) -> bool:
+        """Block until file `name` has arrived (True), or the stream ended or `deadline`
+        (time.monotonic()) passed (False). For jobs that answer requests (the purify server)."""
+        with self._arrived:
+            while name not in self.received:
+                left = deadline - time.monotonic()
+                if self.closed or left <= 0:
+                    return False
+                self._arrived.wait(min(left, 0.5))
+            return True
+
+    def _notify(self, name: str | None) -> None:
+        with self._arrived:
+            if name is None:
+                self.closed = True
+            else:
+                self.received.add(name)
+            self._arrived.notify_all()
 
     def run(self) -> None:
         header = bytearray()
@@ -103,7 +147,7 @@ class Receiver(PipeReader):
                         fd, name, tmp, _ = out
                         os.close(fd)
                         os.replace(tmp, os.path.join(self.out_dir, name))
-                        self.received.add(name)
+                        self._notify(name)
                         out = None
         except OSError as e:
             self._fail(f"could not store the job's output: {e}")
@@ -115,6 +159,7 @@ class Receiver(PipeReader):
                 except OSError:
                     pass
             os.close(self.fd)
+            self._notify(None)
 
     def _open(self, header: bytes):
         m = _HEADER.fullmatch(header)

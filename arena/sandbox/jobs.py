@@ -367,36 +367,55 @@ def remove_tree(path) -> bool:
 
 # ---- running
 
+class _Setup:
+    """What every job checks and decides before its folder is written."""
+
+    def __init__(self, role: str, plugin: PluginSpec, limits: SandboxLimits, trusted: bool, device):
+        self.error: str | None = None
+        if (role in ("defense", "purify")) == plugin.track.is_attack:
+            self.error = f"{plugin.name} is a {plugin.track.value} submission, not a {role}"
+            return
+        try:
+            self.limits = effective_limits(limits, plugin.limits)
+        except ValueError as e:
+            self.error = f"{plugin.name}: submission.toml {e}"
+            return
+        if not trusted:
+            bwrap.require_sandbox()
+        else:
+            trusted_warning()
+        self.trusted = trusted
+        self.map_uid = not trusted and bwrap.as_root()
+        self.gpu = str(device).startswith("cuda")
+
+    def job(self, role: str, plugin: PluginSpec, device, seed: int, effort: str, n_batches: int) -> dict:
+        return {"role": role, "module": plugin.module, "class_name": plugin.class_name,
+                "track": plugin.track.value, "device": str(device),
+                "seed": seed, "effort": effort, "n_batches": n_batches, "threads": 1,
+                "drop_uid": bwrap.INNER_UID if self.map_uid else None,
+                "cap_tmp": None if self.trusted else {"bytes": int(self.limits.tmp_mb) << 20,
+                                                      "files": int(self.limits.max_files)}}
+
+
+def new_jobdir(workdir) -> Path:
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="arena-job-"))
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    return Path(workdir) / f"job-{os.getpid()}-{time.time_ns()}"
+
+
 def _run_job(role: str, plugin: PluginSpec, model_path, batches, per_batch: list[dict], *,
              device: str, limits: SandboxLimits, trusted: bool, seed: int, effort: str,
              workdir) -> JobResult:
-    submission_dir, model_path = Path(plugin.folder).resolve(), Path(model_path).resolve()
-    if (role == "attack") != plugin.track.is_attack:
-        return JobResult("error", f"{plugin.name} is a {plugin.track.value} submission, not a {role}")
+    setup = _Setup(role, plugin, limits, trusted, device)
+    if setup.error:
+        return JobResult("error", setup.error)
+    jobdir = new_jobdir(workdir)
     try:
-        limits = effective_limits(limits, plugin.limits)
-    except ValueError as e:
-        return JobResult("error", f"{plugin.name}: submission.toml {e}")
-    if not trusted:
-        bwrap.require_sandbox()
-    else:
-        trusted_warning()
-    map_uid = not trusted and bwrap.as_root()
-    gpu = str(device).startswith("cuda")
-    if workdir is None:
-        jobdir = Path(tempfile.mkdtemp(prefix="arena-job-"))
-    else:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        jobdir = Path(workdir) / f"job-{os.getpid()}-{time.time_ns()}"
-    try:
-        job = {"role": role, "module": plugin.module, "class_name": plugin.class_name,
-               "track": plugin.track.value, "device": str(device),
-               "seed": seed, "effort": effort, "n_batches": len(batches), "threads": 1,
-               "drop_uid": bwrap.INNER_UID if map_uid else None,
-               "cap_tmp": None if trusted else {"bytes": int(limits.tmp_mb) << 20,
-                                                "files": int(limits.max_files)}}
-        _prepare(jobdir, submission_dir, model_path, batches, per_batch, job)
-        return _execute(jobdir, role, batches, limits, trusted, gpu, map_uid)
+        job = setup.job(role, plugin, device, seed, effort, len(batches))
+        _prepare(jobdir, Path(plugin.folder).resolve(), Path(model_path).resolve(), batches,
+                 per_batch, job)
+        return _execute(jobdir, role, batches, setup)
     finally:
         if not remove_tree(jobdir):
             warnings.warn(f"could not remove the job folder {jobdir}", stacklevel=2)
@@ -427,136 +446,134 @@ class _LogTail(PipeReader):
         return bytes(self.tail[-n:]).decode(errors="replace")
 
 
-def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, map_uid) -> JobResult:
-    out = jobdir / "output"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"}
-    for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        if gpu and k in os.environ:
-            env[k] = os.environ[k]
+class Launch:
+    """A started sandbox job: the worker under bwrap in its cgroups, its output Receiver and
+    log reader. `requests` (purify server): the write end of a pipe the worker reads
+    requests from (fd 3 + ... passed by number in argv)."""
+
+    def __init__(self, jobdir: Path, caps: dict[str, int], setup: _Setup, *, requests: bool = False):
+        self.jobdir, self.setup, limits = jobdir, setup, setup.limits
+        self.out = jobdir / "output"
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"}
+        for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            if setup.gpu and k in os.environ:
+                env[k] = os.environ[k]
+        data_r, data_w = os.pipe()
+        log_r, log_w = os.pipe()
+        req_r, self.requests = os.pipe() if requests else (None, None)
+        fds = (data_w,) + ((req_r,) if req_r is not None else ())
+        args = [str(data_w)] + ([str(req_r)] if req_r is not None else [])
+        argv = [bwrap.python_executable(), "-I", "-m", "arena.sandbox.worker"]
+        self.control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
+                                  max_tasks=int(limits.max_procs) + TASK_SLACK, cpu_s=limits.cpu_s,
+                                  max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
+        rlimits = bwrap.make_preexec(limits, setup.gpu)
+
+        def preexec():
+            self.control.preexec()
+            rlimits()
+
+        self.proc = None
+        self.receiver = Receiver(data_r, str(self.out), caps, on_error=self.kill)
+        self.logger = _LogTail(log_r)
+        self.t0 = time.time()
+        self.start_error: str | None = None
+        try:
+            if setup.trusted:
+                self.proc = subprocess.Popen(argv + [str(jobdir)] + args, stdin=subprocess.DEVNULL,
+                                             stdout=log_w, stderr=subprocess.STDOUT,
+                                             start_new_session=True, preexec_fn=preexec,
+                                             env={**os.environ, **env}, cwd=str(jobdir), pass_fds=fds)
+                self.proc.child_pid = None
+            else:
+                cmd = bwrap.build_command(str(jobdir / "input"), argv + [bwrap.SANDBOX_ROOT] + args,
+                                          env=env, gpu=setup.gpu, tmp_mb=limits.tmp_mb,
+                                          map_uid=setup.map_uid)
+                self.proc = bwrap.spawn(cmd, preexec=preexec, stdout=log_w, map_uid=setup.map_uid,
+                                        pass_fds=fds)
+        except (OSError, subprocess.SubprocessError) as e:
+            os.close(data_r)
+            os.close(log_r)
+            self.close_requests()
+            self.control.finish()
+            self.start_error = f"could not start the sandbox: {e}"
+            return
+        finally:
+            os.close(data_w)   # the job holds the only write ends now: EOF when it is gone
+            os.close(log_w)
+            if req_r is not None:
+                os.close(req_r)
+        self.receiver.start()
+        self.logger.start()
+        self.control.watch(self.proc.pid, self.kill, inside_pid=self.proc.child_pid)
+
+    def kill(self) -> None:
+        self.control.kill_members()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close_requests(self) -> None:
+        if self.requests is not None:
+            os.close(self.requests)
+            self.requests = None
+
+    def wait(self, timeout: float):
+        """(exit status, timed out); everything is killed and the readers drained."""
+        timed_out = False
+        try:
+            try:
+                rc = self.proc.wait(timeout=max(timeout, 0.0))
+            except subprocess.TimeoutExpired:
+                timed_out, rc = True, None
+            finally:
+                # the whole tree: the cgroups, bwrap's process group; --die-with-parent and
+                # the PID namespace take everything inside with it (setsid/double-forked too)
+                self.kill()
+                if rc is None:
+                    rc = self.proc.wait()
+        finally:
+            self.close_requests()
+            self.usage = self.control.finish()
+            for t in (self.receiver, self.logger):
+                if t.is_alive():
+                    t.stop()
+                    t.join()
+        self.wall = time.time() - self.t0
+        return rc, timed_out
+
+
+def _execute(jobdir: Path, role, batches, setup: _Setup) -> JobResult:
     # what may come back: status.json and, for attacks, one result per batch, each capped
     caps = {"status.json": MAX_STATUS_BYTES}
     if role == "attack":
         caps.update({f"result-{i}.safetensors": b.wave.numel() * 4 + RESULT_SLACK
                      for i, b in enumerate(batches)})
-    data_r, data_w = os.pipe()
-    log_r, log_w = os.pipe()
-    argv = [bwrap.python_executable(), "-I", "-m", "arena.sandbox.worker"]
-    control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
-                         max_tasks=int(limits.max_procs) + TASK_SLACK, cpu_s=limits.cpu_s,
-                         max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
-    rlimits = bwrap.make_preexec(limits, gpu)
-
-    def preexec():
-        control.preexec()
-        rlimits()
-
-    proc = None
-
-    def kill():
-        control.kill_members()
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    receiver = Receiver(data_r, str(out), caps, on_error=kill)
-    logger = _LogTail(log_r)
-    t0 = time.time()
-    timed_out = False
-    try:
-        try:
-            if trusted:
-                proc = subprocess.Popen(argv + [str(jobdir), str(data_w)], stdin=subprocess.DEVNULL,
-                                        stdout=log_w, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=preexec, env={**os.environ, **env}, cwd=str(jobdir),
-                                        pass_fds=(data_w,))
-                proc.child_pid = None
-            else:
-                cmd = bwrap.build_command(str(jobdir / "input"), argv + [bwrap.SANDBOX_ROOT, str(data_w)],
-                                          env=env, gpu=gpu, tmp_mb=limits.tmp_mb, map_uid=map_uid)
-                proc = bwrap.spawn(cmd, preexec=preexec, stdout=log_w, map_uid=map_uid,
-                                   pass_fds=(data_w,))
-        except (OSError, subprocess.SubprocessError) as e:
-            os.close(data_r)
-            os.close(log_r)
-            control.finish()
-            return JobResult("sandbox-error", f"could not start the sandbox: {e}")
-        finally:
-            os.close(data_w)   # the job holds the only write ends now: EOF when it is gone
-            os.close(log_w)
-        receiver.start()
-        logger.start()
-        control.watch(proc.pid, kill, inside_pid=proc.child_pid)
-        try:
-            rc = proc.wait(timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            rc = None
-        finally:
-            # the whole tree: the cgroups, bwrap's process group; --die-with-parent and the
-            # PID namespace take everything inside with it (setsid/double-forked children too)
-            kill()
-            if rc is None:
-                rc = proc.wait()
-    finally:
-        usage = control.finish()
-        for t in (receiver, logger):
-            if t.is_alive():
-                t.stop()
-                t.join()
-    wall = time.time() - t0
-    log_tail = logger.text()
-    status, status_error = _read_status(out, len(batches))
-    if receiver.error:
-        status_error = None     # the stream was cut: what came before it is still valid
-    recs = status.get("batches", [])
+    launch = Launch(jobdir, caps, setup)
+    if launch.start_error:
+        return JobResult("sandbox-error", launch.start_error)
+    rc, timed_out = launch.wait(setup.limits.wall_s)
+    status, recs, result = job_result(launch, len(batches), rc, timed_out)
     outcomes = []
     for i, batch in enumerate(batches):
         rec = recs[i] if i < len(recs) else None
         if rec is None:
             outcomes.append(BatchOutcome(False, None))
             continue
-        outcome = (_validate_attack(out, i, batch, rec) if role == "attack"
+        outcome = (_validate_attack(launch.out, i, batch, rec) if role == "attack"
                    else _validate_defense(batch, rec))
         outcome.forward_calls = rec.get("forward_calls", 0)
         outcome.backward_calls = rec.get("backward_calls", 0)
         outcomes.append(outcome)
-    loaded_at = status.get("loaded_at")
-    startup = (loaded_at - t0) if loaded_at is not None and 0 <= loaded_at - t0 <= wall + 1 else 0.0
-    result = JobResult("ok", None, outcomes, status.get("forward_calls", 0),
-                       status.get("backward_calls", 0), wall, startup, log_tail,
-                       peak_memory_mb=usage.peak_memory_bytes / 2**20, cpu_s=usage.cpu_s,
-                       limits_via=usage.via)
-    # why the missing batches are missing
-    if timed_out:
-        result.status = "timeout"
-        result.error = f"wall-clock limit of {limits.wall_s:g} s reached; the job was killed"
-    elif control.violation:
-        result.status = "error"
-        result.error = control.violation
-    elif receiver.error:
-        result.status = "error"
-        result.error = f"the job's output was refused: {receiver.error}; the job was killed"
-    elif status_error:
-        result.status = "error"
-        result.error = f"the job's {status_error}"
-    elif not status:
-        if "bwrap:" in log_tail:
-            result.status = "sandbox-error"
-            result.error = "sandbox failed to start: " + log_tail.strip()[-800:]
-        else:
-            result.status = "error"
-            result.error = f"worker died before reporting ({_exit_text(rc)}): {log_tail.strip()[-800:]}"
-    elif status.get("load_error"):
-        result.status = "error"
-        result.error = f"plugin failed to load: {status['load_error']}"[:4000]
-    elif len(recs) < len(batches):
+    result.batches = outcomes
+    if result.status == "ok" and len(recs) < len(batches):
         result.status = "error"
         result.error = (f"worker stopped after {len(recs)} of {len(batches)} batches "
-                        f"({_exit_text(rc)}); {log_tail.strip()[-500:]}")
+                        f"({_exit_text(rc)}); {result.log.strip()[-500:]}")
     for o in outcomes:
         if not o.ok and o.error is None:
             o.error = result.error or "no output"
@@ -567,6 +584,44 @@ def _execute(jobdir: Path, role, batches, limits: SandboxLimits, trusted, gpu, m
             result.error = (f"{len(bad)} of {len(outcomes)} batches failed; "
                             f"batch {bad[0][0]}: {bad[0][1].error}")[:4000]
     return result
+
+
+def job_result(launch: Launch, n_batches: int, rc, timed_out: bool) -> tuple[dict, list, JobResult]:
+    """The finished job's status (validated), its batch records, and a JobResult saying why
+    the job as a whole failed, if it did (batches not filled in)."""
+    log_tail = launch.logger.text()
+    status, status_error = _read_status(launch.out, n_batches)
+    if launch.receiver.error:
+        status_error = None     # the stream was cut: what came before it is still valid
+    recs = status.get("batches", [])
+    loaded_at, wall = status.get("loaded_at"), launch.wall
+    startup = loaded_at - launch.t0 if loaded_at is not None else 0.0
+    startup = startup if 0 <= startup <= wall + 1 else 0.0
+    usage = launch.usage
+    result = JobResult("ok", None, [], status.get("forward_calls", 0),
+                       status.get("backward_calls", 0), wall, startup, log_tail,
+                       peak_memory_mb=usage.peak_memory_bytes / 2**20, cpu_s=usage.cpu_s,
+                       limits_via=usage.via)
+    failure = None
+    if timed_out:
+        failure = ("timeout", f"wall-clock limit of {launch.setup.limits.wall_s:g} s reached; "
+                              "the job was killed")
+    elif launch.control.violation:
+        failure = ("error", launch.control.violation)
+    elif launch.receiver.error:
+        failure = ("error", f"the job's output was refused: {launch.receiver.error}; the job was killed")
+    elif status_error:
+        failure = ("error", f"the job's {status_error}")
+    elif not status:
+        if "bwrap:" in log_tail:
+            failure = ("sandbox-error", "sandbox failed to start: " + log_tail.strip()[-800:])
+        else:
+            failure = ("error", f"worker died before reporting ({_exit_text(rc)}): {log_tail.strip()[-800:]}")
+    elif status.get("load_error"):
+        failure = ("error", f"plugin failed to load: {status['load_error']}"[:4000])
+    if failure:
+        result.status, result.error = failure
+    return status, recs, result
 
 
 def _exit_text(rc) -> str:

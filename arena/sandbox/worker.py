@@ -1,8 +1,11 @@
-"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR FD`.
+"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR FD [REQUEST_FD]`.
 
 JOBDIR/input (read-only): job.json, batches.safetensors, model.safetensors, submission/.
 Output goes as frames over the pipe FD (channel.py): status.json (sent again after every
 batch) and result-<i>.safetensors (attacks: {"adv": tensor}) for each finished batch.
+The "purify" role (the adaptive evaluation) instead answers requests read from REQUEST_FD:
+request-<k> {"wave", "lengths"} -> purified-<k>.safetensors {"wave": defense.purify(...)},
+after a ready.json saying which of purify/transcribe the defense overrides.
 The harness trusts none of it: it caps and re-validates everything it receives.
 """
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import time
 import traceback
 
-from arena.sandbox.channel import send
+from arena.sandbox.channel import recv, send
 from arena.sandbox.control import FILES_SLACK
 
 T0 = time.time()
@@ -53,7 +56,40 @@ def _drop_privileges(uid: int) -> None:
         raise RuntimeError("could not drop privileges")
 
 
-def main(jobdir: str, fd: int) -> int:
+def serve_purify(plugin, fd: int, request_fd: int, seed: int, status: dict, report) -> int:
+    """Answer purify requests until the harness closes the request pipe. The first failing
+    request ends the server (its error in status.json): the harness scores it."""
+    import torch
+    from safetensors.torch import load, save
+
+    from arena.plugins.api import Defense
+
+    cls = type(plugin)
+    send(fd, "ready.json", json.dumps({"purify": cls.purify is not Defense.purify,
+                                       "transcribe": cls.transcribe is not Defense.transcribe}).encode())
+    k = 0
+    while (frame := recv(request_fd)) is not None:
+        t = time.time()
+        try:
+            request = load(frame[1])
+            torch.manual_seed(seed * 1_000_003 + k)
+            with torch.no_grad():
+                out = plugin.purify(request["wave"], request["lengths"])
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"purify() returned {type(out).__name__}, not a torch.Tensor")
+            send(fd, f"purified-{k}.safetensors", save({"wave": out.detach().to("cpu").contiguous()}))
+        except BaseException as e:  # noqa: BLE001 - reported; the harness scores the failure
+            status["batches"] = [{"ok": False, "error": f"request {k}: {_tail(e)}",
+                                  "seconds": time.time() - t}]
+            report()
+            return 4
+        k += 1
+    status["done"] = True
+    report()
+    return 0
+
+
+def main(jobdir: str, fd: int, request_fd: int | None = None) -> int:
     inp = os.path.join(jobdir, "input")
     with open(os.path.join(inp, "job.json")) as f:
         job = json.load(f)
@@ -101,6 +137,8 @@ def main(jobdir: str, fd: int) -> int:
     report()
 
     role, seed = job["role"], int(job.get("seed", 0))
+    if role == "purify":
+        return serve_purify(plugin, fd, request_fd, seed, status, report)
     for i, meta in enumerate(job["batches"]):
         t = time.time()
         rec = {"ok": False, "error": None, "seconds": None}
@@ -138,7 +176,7 @@ def main(jobdir: str, fd: int) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1], int(sys.argv[2]))
+    code = main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     # everything is reported: skip interpreter teardown (torch's takes 0.4-1 s per job)
     sys.stdout.flush()
     sys.stderr.flush()

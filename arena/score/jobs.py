@@ -1,9 +1,10 @@
-"""Running one job of the plan: attack, defense round or transfer. Each function takes the
+"""Running one job of the plan: attack, adaptive attack, defense round or transfer. Each function takes the
 job and what it needs by value and returns its results; none touches the store, so the same
 function runs in a local thread or on a Ray worker and gives the same cells.
 
 Failure policy: a failed attack batch gets the clean audio (no credit) and an error on the
-cell; a failed defense batch scores WER 1.0 on its utterances and an error.
+cell; a failed defense batch scores WER 1.0 on its utterances and an error; so does a defense
+whose purify fails under the adaptive attack (on the utterances it left unanswered).
 """
 from __future__ import annotations
 
@@ -17,8 +18,18 @@ from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
 from arena.core.budget import Budget
 from arena.data.batching import length_batches
 from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_job
+from arena.sandbox.serve import PurifyError, PurifyServer
+from arena.score.adaptive import ADAPTIVE_ATTACK, Reference, attack_batch, is_random, oracle_transcripts
 from arena.score.enforce import enforce_budget, rounded_snr
-from arena.score.plan import AttackJob, CellKind, DefenseGroup, DefenseRound, Grid, TransferJob
+from arena.score.plan import (
+    AdaptiveJob,
+    AttackJob,
+    CellKind,
+    DefenseGroup,
+    DefenseRound,
+    Grid,
+    TransferJob,
+)
 from arena.zoo.registry import load_model
 
 
@@ -121,6 +132,87 @@ def _attack_cell(job: AttackJob, grid: Grid, budget_id: str, key: str, plan, out
     return Cell(key, CellKind.ATTACK, metrics, axes, error, waves)
 
 
+# ------------------------------------------------------------------ adaptive
+def run_adaptive(job: AdaptiveJob, grid: Grid, ctx: RunContext) -> JobOutput:
+    """The reference attack through one defense (adaptive.py) for each budget of the job; the
+    audio is projected like an attack's and joins the defense's anonymous rounds."""
+    reference = Reference.load()
+    # the attack runs in this process, beside other jobs: one thread each, like a sandbox job
+    torch.set_num_threads(1)
+    net = load_model(job.model.path, device=ctx.device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    plan = _batches(grid, grid.subset.waves, grid.subset.ids, attack=True)
+    out = JobOutput()
+    server = PurifyServer(job.defense.spec, job.model.path, device=ctx.device, limits=ctx.limits(),
+                          trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort)
+    try:
+        with server:
+            # always through purify: what the defense says it overrides (self-reported) only
+            # labels the cell, so a forged answer cannot buy a weaker attack
+            eot = grid.profile.eot if is_random(server, plan[0][1]) else 1
+            for budget_id, key in zip(job.budgets, job.keys):
+                out.cells.append(_adaptive_cell(job, grid, budget_id, key, plan, eot, reference,
+                                                net, server))
+    except PurifyError as e:       # the server did not start or load: every utterance fails
+        done = {c.key for c in out.cells}
+        out.cells += [_adaptive_cell(job, grid, b, k, plan, 1, reference, net, None, str(e))
+                      for b, k in zip(job.budgets, job.keys) if k not in done]
+    if server.result is not None:
+        _sandbox_output(server.result, out, f"adaptive {job.name}")
+    return out
+
+
+def _adaptive_cell(job: AdaptiveJob, grid: Grid, budget_id: str, key: str, plan,
+                   eot: int, reference: Reference, net, server: PurifyServer | None,
+                   failure: str | None = None) -> Cell:
+    budget = Budget.parse(budget_id)
+    axes = grid.axes(attack=ADAPTIVE_ATTACK, budget=budget_id, defense=job.defense.name,
+                     model=job.model.name)
+    overrides = server.overrides if server is not None else {}
+    metrics = dict(track="adaptive", eot=eot, reference=reference.content_hash,
+                   steps=reference.steps(grid.profile.effort),
+                   oracle=oracle_label(overrides.get("purify"), overrides.get("transcribe")))
+    waves, snrs, oracle_hyps, failed = {}, [], [], []
+    steps = reference.steps(grid.profile.effort)
+    for _, batch in plan:
+        adv = None
+        if failure is None and server is not None:
+            try:
+                adv = attack_batch(reference, net, server, batch, budget, steps, eot)
+            except PurifyError as e:
+                failure = str(e)
+        projected, snr = enforce_budget(budget, batch.wave, adv, batch.lengths)
+        hyps = None
+        if adv is not None and server is not None:
+            try:
+                hyps = oracle_transcripts(net, server, projected, batch.lengths)
+            except PurifyError as e:
+                failure = str(e)
+        if hyps is None:
+            failed += batch.ids
+        for row, uid in enumerate(batch.ids):
+            waves[uid] = projected[row, : int(batch.lengths[row])]
+            snrs.append(float(snr[row]))
+            oracle_hyps.append(hyps[row] if hyps is not None else None)
+    finite = [s for s in snrs if np.isfinite(s)]
+    metrics.update(ids=list(waves), snr_db=[rounded_snr(s) for s in snrs], n=len(waves),
+                   mean_snr_db=float(np.mean(finite)) if finite else None,
+                   oracle_hypotheses=oracle_hyps, purify_failed=failed)
+    error = f"the defense's purify failed: {failure}"[:2000] if failure else None
+    return Cell(key, CellKind.ADAPTIVE, metrics, axes, error, waves)
+
+
+def oracle_label(purify: bool | None, transcribe: bool | None) -> str:
+    """How the adaptive attack reached the defense, from what its class overrides
+    (self-reported by its process, so a label, never a reason to attack less): through its
+    own purify ("bpda"), through the identity to the bare model because it only implements
+    transcribe ("transfer"), or exactly (neither: the defense is the model, "white-box")."""
+    if purify is None:
+        return "failed"
+    return "bpda" if purify else ("transfer" if transcribe else "white-box")
+
+
 # ------------------------------------------------------------------ defenses
 def run_defense_round(job: DefenseRound, grid: Grid, ctx: RunContext) -> JobOutput:
     """One anonymous round in the sandbox; answers by the names the defense saw."""
@@ -154,13 +246,20 @@ def defense_cells(group: DefenseGroup, outputs: list[JobOutput], grid: Grid) -> 
     for v, s in enumerate(group.sets):
         hyps = {uid: answers.get((v, uid)) for uid in s.ids}
         errors = {why[(v, uid)] for uid in s.ids if (v, uid) in why}
+        source = s.attack_cell
+        if s.adaptive and source is not None:  # where its purify failed under attack, it lost
+            for uid in source["metrics"].get("purify_failed", []):
+                hyps[uid] = None
+                errors.add(source["error"] or "purify failed")
         targeted = s.attack is not None and s.attack.track == "targeted-attack"
         m = transcript_metrics(grid, hyps, targeted=targeted)
-        if s.attack is not None and s.attack_cell is not None:
-            m.update(track=s.attack.track, mean_snr_db=s.attack_cell["metrics"].get("mean_snr_db"),
-                     attack_error=s.attack_cell["error"])
-        axes = grid.axes(attack=s.attack.name if s.attack else None, budget=s.budget,
-                         defense=group.defense.name, model=group.model.name)
+        if source is not None:
+            m.update(track="adaptive" if s.adaptive or s.attack is None else s.attack.track,
+                     mean_snr_db=source["metrics"].get("mean_snr_db"),
+                     attack_error=source["error"])
+        name = ADAPTIVE_ATTACK if s.adaptive else (s.attack.name if s.attack else None)
+        axes = grid.axes(attack=name, budget=s.budget, defense=group.defense.name,
+                         model=group.model.name)
         cells.append(Cell(s.key, s.kind, m, axes, "; ".join(sorted(errors))[:2000] or None))
     return cells
 
@@ -208,10 +307,13 @@ def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     return out
 
 
-def execute(job: AttackJob | DefenseRound | TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
+def execute(job: AttackJob | AdaptiveJob | DefenseRound | TransferJob, grid: Grid,
+            ctx: RunContext) -> JobOutput:
     """Run any job of the plan (what an executor calls)."""
     if isinstance(job, AttackJob):
         return run_attack(job, grid, ctx)
+    if isinstance(job, AdaptiveJob):
+        return run_adaptive(job, grid, ctx)
     if isinstance(job, DefenseRound):
         return run_defense_round(job, grid, ctx)
     return run_transfer(job, grid, ctx)

@@ -11,6 +11,9 @@ import arena
 #    defense inputs split over anonymous rounds
 SCORER_VERSION = "3"
 
+# the adaptive evaluation's name on the board (":" is never in a submission name)
+ADAPTIVE_ATTACK = "adaptive:apgd"
+
 
 def content_key(**parts) -> str:
     blob = json.dumps({"harness": f"{arena.__version__}/{SCORER_VERSION}", **parts}, sort_keys=True)

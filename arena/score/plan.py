@@ -3,7 +3,9 @@
 Pure planning: reads the store (which cells exist, which audio files are there) and never
 runs anything, so any executor (in-process threads, a Ray cluster) can run the plan and only
 the driver writes the store. Two phases, because defenses and transfer need the attack
-audio: phase 1 = attack jobs; phase 2 = defense rounds and transfer jobs.
+audio: phase 1 = attack jobs and adaptive jobs (the reference attack through each defense);
+phase 2 = defense rounds (every attack's audio and the defense's own adaptive audio, mixed)
+and transfer jobs.
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ from arena.submissions.entries import Entry
 
 class JobKind(str, Enum):
     ATTACK = "attack"
+    ADAPTIVE = "adaptive"
     DEFENSE = "defense"
     TRANSFER = "transfer"
 
 
 class CellKind(str, Enum):
     ATTACK = "attack"
+    ADAPTIVE = "adaptive"     # the adaptive attack's audio against one defense
     DEFENSE = "defense"
     CLEAN = "clean"
     TRANSFER = "transfer"
@@ -50,6 +54,7 @@ class Grid:
     attacks: tuple[Entry, ...]
     defenses: tuple[Entry, ...]
     models: tuple[TargetSpec, ...]
+    reference: str = ""       # content hash of the adaptive evaluation's reference attack
 
     @property
     def budgets(self) -> tuple[str, ...]:
@@ -68,6 +73,11 @@ class Grid:
         return content_key(kind="attack", attack=attack.content_hash, budget=budget,
                            model=model.sha256, data=self.subset.key, seed=self.seed,
                            effort=self.profile.effort)
+
+    def adaptive_key(self, defense: Entry, budget: str, model: TargetSpec) -> str:
+        return content_key(kind="adaptive", defense=defense.content_hash, reference=self.reference,
+                           budget=budget, model=model.sha256, data=self.subset.key, seed=self.seed,
+                           effort=self.profile.effort, eot=self.profile.eot)
 
     def defense_key(self, attack_key: str, defense: Entry, model: TargetSpec) -> str:
         return content_key(kind="defense", attack_cell=attack_key, defense=defense.content_hash,
@@ -99,6 +109,22 @@ class AttackJob:
 
 
 @dataclass
+class AdaptiveJob:
+    """One purify server (the defense's sandbox) and the harness's attack loop: the reference
+    attack through one defense on one model, for every budget in `budgets`."""
+    defense: Entry
+    model: TargetSpec
+    budgets: list[str]
+    keys: list[str]
+    record: bool = True
+    kind: JobKind = JobKind.ADAPTIVE
+
+    @property
+    def name(self) -> str:
+        return f"adaptive {self.defense.name} on {self.model.name}" + ("" if self.record else " (audio)")
+
+
+@dataclass
 class InputSet:
     """One version of the utterances a defense transcribes: the clean audio or an attack
     cell's audio, and the cell it becomes."""
@@ -108,6 +134,7 @@ class InputSet:
     budget: str | None
     ids: list[str]
     attack_cell: dict | None = None            # None: the clean audio
+    adaptive: bool = False                     # the defense's own adaptive audio
     waves: dict[str, np.ndarray] = field(default_factory=dict)   # filled by `load_audio`
 
     def load_audio(self, grid: Grid, store: ResultsStore) -> None:
@@ -191,6 +218,32 @@ def plan_attacks(grid: Grid, store: ResultsStore) -> tuple[list[AttackJob], int]
     return jobs, reused
 
 
+def plan_adaptive(grid: Grid, store: ResultsStore) -> tuple[list[AdaptiveJob], int]:
+    """Adaptive jobs for missing adaptive cells (and audio-only ones, like plan_attacks)."""
+    if not grid.profile.adaptive:
+        return [], 0
+    jobs, reused = [], 0
+    for model in grid.models:
+        for defense in grid.defenses:
+            missing, regen = [], []
+            for b in grid.budgets:
+                key = grid.adaptive_key(defense, b, model)
+                cell = store.get(key)
+                if cell is None and store.claim(key):
+                    missing.append((b, key))
+                elif cell is not None:
+                    reused += 1
+                    if (not (cell["artifact"] and store.has_artifact(cell["artifact"]))
+                            and not store.has(grid.defense_key(key, defense, model))):
+                        regen.append((b, key))
+            if missing:
+                jobs.append(AdaptiveJob(defense, model, [b for b, _ in missing], [k for _, k in missing]))
+            if regen:
+                jobs.append(AdaptiveJob(defense, model, [b for b, _ in regen], [k for _, k in regen],
+                                        record=False))
+    return jobs, reused
+
+
 def _audio_needed(grid: Grid, store: ResultsStore, attack: Entry, model: TargetSpec,
                   key: str, cell: dict) -> bool:
     if cell["artifact"] and store.has_artifact(cell["artifact"]):
@@ -236,6 +289,18 @@ def _defense_sets(grid: Grid, store: ResultsStore, defense: Entry, model: Target
                 store.release(dk)  # the audio could not be regenerated; the next run retries
                 continue
             sets.append(InputSet(dk, CellKind.DEFENSE, attack, b, cell["metrics"]["ids"], cell))
+    for b in grid.budgets if grid.profile.adaptive else ():
+        cell = store.get(grid.adaptive_key(defense, b, model))
+        if cell is None:
+            continue  # its adaptive job failed to record
+        dk = grid.defense_key(cell["key"], defense, model)
+        if not store.claim(dk):
+            reused += 1
+        elif cell["artifact"] and store.has_artifact(cell["artifact"]):
+            sets.append(InputSet(dk, CellKind.DEFENSE, None, b, cell["metrics"]["ids"], cell,
+                                 adaptive=True))
+        else:
+            store.release(dk)
     return sets, reused
 
 

@@ -1,7 +1,7 @@
 """`arena score`: plan the grid, run the jobs on an executor, write cells as they finish.
 
-Order: phase 1 runs the attack jobs (they make the audio), phase 2 the defense rounds and
-the transfer jobs. A killed scorer loses only its jobs in flight (and the finished rounds
+Order: phase 1 runs the attack jobs and the adaptive jobs (they make the audio), phase 2 the
+defense rounds and the transfer jobs. A killed scorer loses only its jobs in flight (and the finished rounds
 of a defense group not yet complete): cells are written atomically and claims are freed.
 """
 from __future__ import annotations
@@ -10,16 +10,20 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+from arena.core import paths
 from arena.core.hashing import sha256_file
+from arena.score.adaptive import REFERENCE
 from arena.score.executor import Executor, LocalExecutor
 from arena.score.jobs import Cell, JobOutput, RunContext, defense_cells, execute
 from arena.score.plan import (
+    AdaptiveJob,
     AttackJob,
     DefenseGroup,
     DefenseRound,
     Grid,
     TargetSpec,
     TransferJob,
+    plan_adaptive,
     plan_attacks,
     plan_defenses,
     plan_transfer,
@@ -29,6 +33,7 @@ from arena.score.progress import JobProgress
 from arena.score.store import ResultsStore
 from arena.score.subset import DataSubset, load_subset
 from arena.submissions.entries import Entry
+from arena.submissions.manifest import content_hash
 from arena.zoo import registry
 
 
@@ -38,7 +43,7 @@ class ScoreOptions:
     device: str = "cpu"
     trusted: bool = False
     seed: int = 0
-    wall_s: float = 900.0
+    wall_s: float | None = None     # default: the profile's
     progress: bool = True
     workers: int | None = None
 
@@ -75,7 +80,7 @@ def write_cell(store: ResultsStore, cell: Cell) -> bool:
 
 
 def _keys_of(job) -> list[str]:
-    if isinstance(job, AttackJob):
+    if isinstance(job, (AttackJob, AdaptiveJob)):
         return job.keys if job.record else []
     if isinstance(job, (DefenseGroup, TransferJob)):
         return [s.key for s in job.sets]
@@ -129,7 +134,7 @@ class Driver:
             self._round_done(job, out)
             return
         self.report.account(out)
-        if not isinstance(job, AttackJob) or job.record:
+        if not isinstance(job, (AttackJob, AdaptiveJob)) or job.record:
             self._record(out.cells)
         else:  # audio regenerated for cells that already exist
             for cell in out.cells:
@@ -193,7 +198,8 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
     subset = subset or load_subset(options.profile, progress=options.progress)
     grid = Grid(subset, options.profile, options.seed, tuple(e for e in entries if e.is_attack),
                 tuple(e for e in entries if e.track == "defense"),
-                tuple(sorted(models, key=lambda m: m.name != "dense")))
+                tuple(sorted(models, key=lambda m: m.name != "dense")),
+                content_hash(paths.PACKAGE / "baselines" / REFERENCE))
     store.set_meta("last_run", dict(profile=options.profile.name, split=subset.split,
                                     seed_tag=subset.seed_tag, n_utterances=len(subset.ids),
                                     budgets=list(grid.budgets), device=options.device,
@@ -202,13 +208,14 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
                                     problems=list(problems or [])))
     report = ScoreReport()
     executor = executor or LocalExecutor(options.workers)
-    ctx = RunContext(options.device, options.trusted, options.wall_s)
+    ctx = RunContext(options.device, options.trusted, options.wall_s or options.profile.wall_s)
     with JobProgress(enabled=options.progress) as progress:
         driver = Driver(grid, store, ctx, executor, report, progress)
         attack_jobs, reused = plan_attacks(grid, store)
-        report.reused += reused
-        progress.add(len(attack_jobs), "attacks")
-        driver.phase(attack_jobs)
+        adaptive_jobs, reused_a = plan_adaptive(grid, store)
+        report.reused += reused + reused_a
+        progress.add(len(attack_jobs) + len(adaptive_jobs), "attacks")
+        driver.phase([*attack_jobs, *adaptive_jobs])
         groups, reused_d = plan_defenses(grid, store)
         transfers, reused_t = plan_transfer(grid, store)
         report.reused += reused_d + reused_t

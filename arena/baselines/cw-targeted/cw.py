@@ -24,8 +24,8 @@ import torch
 
 from arena import TargetedAttack, ThreatModel, ctc_loss, greedy_matches
 
-STEPS = {"quick": 100, "full": 500}
-LR = {"quick": 0.5, "full": 0.05}
+STEPS = {"quick": 100, "standard": 100, "full": 500}
+LR = {"quick": 0.5, "standard": 0.5, "full": 0.05}
 C = 0.05
 CHECK_EVERY = 5
 
@@ -35,7 +35,7 @@ class CWTargeted(TargetedAttack):
 
     def run(self, batch, model, budget):
         effort = getattr(self, "effort", "full")
-        steps = STEPS.get(effort, STEPS["full"])
+        steps = getattr(self, "steps", None) or STEPS.get(effort, STEPS["full"])  # curves set steps
         dev = torch.device(model.device)
         wave = batch.wave.to(dev, torch.float32)
         lengths = batch.lengths.to(dev)

@@ -43,8 +43,8 @@ from torch import nn
 
 from arena import Attack, ThreatModel, ctc_loss, greedy_matches
 
-STEPS = {"quick": 10, "full": 100}
-REL_STEPSIZE = {"quick": 0.25, "full": 0.1}
+STEPS = {"quick": 10, "standard": 25, "full": 100}
+REL_STEPSIZE = {"quick": 0.25, "standard": 0.2, "full": 0.1}
 L2_START_SCALE = 0.25  # random start inside a quarter of the L2 ball (foolbox: the whole ball)
 
 
@@ -132,7 +132,7 @@ class PGD(Attack):
 
     def run(self, batch, model, budget):
         effort = getattr(self, "effort", "full")
-        steps = STEPS.get(effort, STEPS["full"])
+        steps = getattr(self, "steps", None) or STEPS.get(effort, STEPS["full"])  # curves set steps
         rel = REL_STEPSIZE.get(effort, REL_STEPSIZE["full"])
         dev = torch.device(model.device)
         wave = batch.wave.to(dev, torch.float32)

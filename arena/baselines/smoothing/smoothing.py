@@ -15,7 +15,7 @@ import torch
 from arena import Defense
 
 SIGMA = 0.005
-DRAWS = {"quick": 3, "full": 5}
+DRAWS = {"quick": 3, "standard": 5, "full": 5}
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -42,6 +42,15 @@ def vote(draws: list[str]) -> str:
 class Smoothing(Defense):
     track = "defense"
     seed = 0
+
+    def purify(self, wave, lengths):
+        """One noisy draw: what the adaptive evaluation attacks through (averaging over draws,
+        EOT); transcribe votes over DRAWS of them. Torch's global RNG, which the harness
+        seeds per request."""
+        mask = (torch.arange(wave.shape[1], device=wave.device)[None, :]
+                < lengths.to(wave.device)[:, None]).to(wave.dtype)
+        noise = torch.randn(wave.shape, device=wave.device, dtype=wave.dtype) * SIGMA
+        return (wave + noise).clamp(-1.0, 1.0) * mask
 
     def transcribe(self, batch, model):
         draws = DRAWS.get(getattr(self, "effort", "full"), DRAWS["full"])

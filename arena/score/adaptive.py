@@ -1,0 +1,90 @@
+"""The adaptive evaluation of a defense: the reference attack (the `apgd` baseline's loop)
+run through the defense, the way Athalye et al. ("Obfuscated gradients give a false sense of
+security", 2018) evaluate defenses: the defense's `purify` is queried on the current audio
+(in its sandbox, PurifyServer) and treated as the identity on the way back (BPDA); where it
+is random, the gradient is averaged over `eot` draws (EOT, one batched request per step).
+
+Trust: the defense influences the attack only through the audio its purify returns. The
+loss, the gradient and the greedy decode are computed here, in the harness, on our own copy
+of the model, so a defense that patches torch, hooks autograd or fakes gradients in its own
+process changes nothing. A defense whose purify does not model what its transcribe does is
+attacked less well (the attack is as good as the model of the defense): each cell records
+which methods the defense overrides (self-reported) and the model's transcript of the
+purified final audio, so the board can show where the two disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from arena.core import paths
+from arena.core.audio import AudioBatch
+from arena.core.budget import Budget, ThreatModel
+from arena.plugins.loader import load_reference
+from arena.sandbox.serve import PurifyServer
+from arena.score.keys import ADAPTIVE_ATTACK
+from arena.submissions.manifest import content_hash
+
+REFERENCE = "apgd"          # the baseline whose loop and objective the adaptive attack runs
+
+
+__all__ = ["ADAPTIVE_ATTACK", "REFERENCE", "Reference", "attack_batch", "is_random",
+           "oracle_transcripts"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    module: Any          # the apgd baseline's module: ascend, blank_margin, word_errors, ...
+    content_hash: str
+
+    @classmethod
+    def load(cls) -> Reference:
+        folder = paths.PACKAGE / "baselines" / REFERENCE   # the arena's own, whatever ARENA_BASELINES says
+        return cls(load_reference(folder, REFERENCE), content_hash(folder))
+
+    def steps(self, effort: str) -> int:
+        table = self.module.STEPS
+        return int(table.get(effort, table["quick"]))
+
+
+def is_random(server: PurifyServer, batch: AudioBatch) -> bool:
+    """Whether two purifies of the same audio differ (then the attack averages over draws)."""
+    a = server.purify(batch.wave, batch.lengths)
+    b = server.purify(batch.wave, batch.lengths)
+    return not torch.equal(a, b)
+
+
+def attack_batch(reference: Reference, net, server: PurifyServer, batch: AudioBatch,
+                 budget: Budget, steps: int, eot: int) -> torch.Tensor:
+    """BPDA + EOT APGD on one batch: the adversarial audio (before the harness's projection)."""
+    ref = reference.module
+    x, mask, lengths = batch.wave, batch.mask, batch.lengths
+    transcripts = list(batch.transcripts or [])
+    copies = lengths.repeat(eot)
+
+    def evaluate(delta):
+        purified = server.purify((x + delta).repeat(eot, 1), copies)
+        p = purified.requires_grad_(True)
+        log_probs, out_lengths = net(p, copies)
+        loss = ref.blank_margin(log_probs, out_lengths)
+        (grad,) = torch.autograd.grad(loss.sum(), p)
+        hyps = net.tokenizer.greedy_decode(log_probs.detach(), out_lengths)
+        errors = torch.tensor([float(ref.word_errors(r, h))
+                               for r, h in zip(transcripts * eot, hyps)])
+        # straight through the defense (BPDA), averaged over its draws (EOT)
+        return (loss.detach().view(eot, -1).mean(0), errors.view(eot, -1).mean(0),
+                grad.view(eot, *x.shape).mean(0))
+
+    l2 = budget.threat == ThreatModel.SNR
+    with torch.enable_grad():
+        delta = ref.ascend(x, mask, ref.radius_of(budget, x, lengths), l2, steps, evaluate,
+                           enough=ref.word_counts(transcripts))
+    return x + delta
+
+
+def oracle_transcripts(net, server: PurifyServer, wave: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """What the attack's model of the defense says about `wave`: our model on its purify."""
+    with torch.no_grad():
+        return net.transcribe(server.purify(wave, lengths), lengths)

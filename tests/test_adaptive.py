@@ -1,0 +1,169 @@
+"""The adaptive evaluation (arena/score/adaptive.py, arena/sandbox/serve.py) on the shipped
+dense model and real espeak utterances, every defense in the real sandbox:
+
+- the adaptive attack beats the non-adaptive (transfer) one on a quantizer, which rounds
+  small perturbations away;
+- a defense that sabotages autograd and torch in its own process gets exactly the adaptive
+  audio and WER of the same defense without the sabotage (the gradient is the harness's);
+- a defense whose purify fails under the attack, and one that answers garbage shapes, lose
+  the utterances it left unanswered (WER 1.0), with the reason on the board;
+- a forged ready.json (claiming "transcribe only") changes the label, not the attack.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from arena.core import paths
+from arena.data.corpus import DEFAULT_SEED, ensure_split
+from arena.leaderboard.build import build
+from arena.score.keys import ADAPTIVE_ATTACK
+from arena.score.profiles import get_profile
+from arena.score.run import ScoreOptions, run_score, target_specs
+from arena.score.store import ResultsStore
+from arena.submissions.entries import discover
+
+TOML = 'name = "{name}"\ntrack = "defense"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
+QUANTIZE = '''
+    def purify(self, wave, lengths):
+        levels = 2.0 ** 7
+        out = torch.round(wave * levels) / levels
+        mask = torch.arange(wave.shape[1])[None, :] < lengths[:, None]
+        return (out.clamp(-1.0, 1.0) * mask).to(wave.dtype)
+'''
+SABOTEUR = '''import torch
+import torch.autograd
+from arena import Defense
+
+# everything a defense could do to the attacker's arithmetic in its own process
+def _no_grad(outputs, inputs, *args, **kwargs):
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return tuple(torch.zeros_like(i) for i in inputs)
+
+torch.autograd.grad = _no_grad
+torch.Tensor.backward = lambda self, *a, **k: None
+torch.set_grad_enabled(False)
+torch.Tensor.register_hook = lambda self, hook: None
+torch.manual_seed = lambda seed: None     # the harness's per-request seed is ignored
+
+
+class P(Defense):''' + QUANTIZE
+HONEST = "import torch\nfrom arena import Defense\n\n\nclass P(Defense):" + QUANTIZE
+FLAKY = '''import torch
+from arena import Defense
+
+CALLS = [0]
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        CALLS[0] += 1
+        if CALLS[0] > 6:
+            raise RuntimeError("purify gave up")
+        return wave
+
+    def transcribe(self, batch, model):   # scoring never calls purify: it keeps working
+        return model.transcribe(batch.wave, batch.lengths)
+'''
+WRONG_SHAPE = '''import json
+import os
+import sys
+import torch
+from arena import Defense
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        return wave[:, :-1]
+'''
+LIAR = '''import json
+import torch
+from arena import Defense
+from arena.sandbox import channel
+
+# claims to implement only transcribe, before the worker's own ready.json
+channel.send(int(__import__("sys").argv[2]), "ready.json",
+             json.dumps({"purify": False, "transcribe": True}).encode())
+
+
+class P(Defense):''' + QUANTIZE
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adaptive")
+    subs = root / "submissions"
+    for name, code in (("honest", HONEST), ("saboteur", SABOTEUR), ("flaky", FLAKY),
+                       ("wrong-shape", WRONG_SHAPE), ("liar", LIAR)):
+        (subs / name).mkdir(parents=True)
+        (subs / name / "submission.toml").write_text(TOML.format(name=name))
+        (subs / name / "plugin.py").write_text(code)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ARENA_DATA", str(root / "data"))
+        ensure_split("dev", DEFAULT_SEED, size=6, progress=False)
+        entries, problems = discover(["apgd", "none", "honest", "saboteur", "flaky", "wrong-shape",
+                                      "liar"],
+                                     roots=[(paths.baselines_dir(), "baseline"), (subs, "submission")])
+        assert not problems
+        profile = dataclasses.replace(get_profile("quick", n=6), budgets=("linf0.003",),
+                                      transfer=False)
+        store = ResultsStore(root / "store")
+        report = run_score(store, ScoreOptions(profile, progress=False, workers=2), entries,
+                           target_specs(["dense"]))
+    # the liar's forged frame also kills its own scoring rounds (an unexpected output file)
+    assert all(f.split()[1] in ("flaky", "wrong-shape", "liar") for f in report.failed_jobs), \
+        report.failed_jobs
+    return store, build(store.cells(), store.meta())
+
+
+def _row(board, name):
+    return next(r for r in board["defenses"] if r["name"] == name)
+
+
+def test_adaptive_beats_transfer_on_a_quantizer(board):
+    _, b = board
+    honest = _row(b, "honest")
+    # the reference attack crafted on the bare model mostly rounds away at linf0.003 < 1/256
+    assert honest["adaptive_wer"] >= honest["non_adaptive_wer"] + 0.15, honest
+    assert honest["score"] == pytest.approx(max(honest["score"], honest["adaptive_wer"]))
+    assert honest["adaptive"] == "bpda" and honest["oracle_agreement"] == 1.0
+    # and the adaptive attack never enters the attack rankings
+    assert ADAPTIVE_ATTACK not in {r["name"] for r in b["attacks"]}
+
+
+def test_sabotaging_torch_in_the_defense_process_changes_nothing(board):
+    store, b = board
+    audio = {c["defense"]: store.read_waves(c["artifact"]) for c in store.cells("adaptive")}
+    for uid, wave in audio["honest"].items():
+        np.testing.assert_array_equal(wave, audio["saboteur"][uid])
+    assert _row(b, "saboteur")["adaptive_wer"] == _row(b, "honest")["adaptive_wer"]
+
+
+@pytest.mark.parametrize("name, why", [("flaky", "purify gave up"), ("wrong-shape", "shape")])
+def test_a_purify_that_fails_under_attack_loses_its_utterances(board, name, why):
+    store, b = board
+    row = _row(b, name)
+    assert row["adaptive_wer"] == 1.0
+    assert any(why in e for e in row["errors"]), row["errors"]
+    cell = next(c for c in store.cells("adaptive") if c["defense"] == name)
+    assert cell["metrics"]["purify_failed"] and why in cell["error"]
+
+
+def test_a_forged_ready_message_changes_the_label_not_the_attack(board):
+    store, b = board
+    audio = {c["defense"]: store.read_waves(c["artifact"]) for c in store.cells("adaptive")}
+    for uid, wave in audio["honest"].items():
+        np.testing.assert_array_equal(wave, audio["liar"][uid])
+    # (its forged frame also broke its own scoring rounds: every utterance lost)
+    assert _row(b, "liar")["adaptive_wer"] >= _row(b, "honest")["adaptive_wer"]
+
+
+def test_labels_say_how_the_attack_reached_the_defense(board):
+    from arena.score.jobs import oracle_label
+
+    _, b = board
+    assert _row(b, "none")["adaptive"] == "bpda"    # its purify is an explicit identity
+    assert _row(b, "none")["adaptive_wer"] > 0.5
+    assert _row(b, "liar")["adaptive"] in ("bpda", "transfer")   # its forgery may win the label
+    assert [oracle_label(True, False), oracle_label(False, True), oracle_label(False, False),
+            oracle_label(None, None)] == ["bpda", "transfer", "white-box", "failed"]
