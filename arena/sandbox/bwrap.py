@@ -108,6 +108,17 @@ def python_executable() -> str:
     return os.path.abspath(sys.executable)
 
 
+def worker_argv() -> list[str]:
+    """The worker's command: this interpreter, isolated (-I: no environment variables, no
+    user site), importing arena from the folder this process imported it from, which the
+    sandbox binds at its real path: a worktree or a checkout on PYTHONPATH works as well as
+    what site-packages points at (-I would drop PYTHONPATH)."""
+    parent = os.path.dirname(arena_package_dir())
+    boot = (f"import runpy, sys; sys.path.insert(0, {parent!r}); "
+            "runpy.run_module('arena.sandbox.worker', run_name='__main__', alter_sys=True)")
+    return [python_executable(), "-I", "-c", boot]
+
+
 def gpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/renderD*"))
 

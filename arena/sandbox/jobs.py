@@ -465,7 +465,7 @@ class Launch:
         req_r, self.requests = os.pipe() if requests else (None, None)
         fds = (data_w,) + ((req_r,) if req_r is not None else ())
         args = [str(data_w)] + ([str(req_r)] if req_r is not None else [])
-        argv = [bwrap.python_executable(), "-I", "-m", "arena.sandbox.worker"]
+        argv = bwrap.worker_argv()
         self.control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
                                   max_tasks=int(limits.max_procs) + TASK_SLACK, cpu_s=limits.cpu_s,
                                   max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
