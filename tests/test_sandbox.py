@@ -305,3 +305,42 @@ def test_sandbox_keeps_a_virtual_environment_under_tmp(tmp_path):
                          text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == str(env_dir), out.stdout
+
+
+MARKED = """
+from arena import Attack
+import arena.sandbox.marker   # only in the copy the harness imported
+class P(Attack):
+    def run(self, batch, model, budget):
+        return batch.wave
+"""
+
+
+def test_the_worker_runs_the_arena_the_harness_imported(tmp_path, model_file):
+    """A copy of the package on PYTHONPATH (a worktree, a checkout that is not installed):
+    the sandboxed worker must import that copy, not what site-packages points at (the
+    worker runs with -I, which drops PYTHONPATH)."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "tree" / "arena"
+    shutil.copytree(paths.PACKAGE, copy, ignore=shutil.ignore_patterns("*.safetensors", "__pycache__"))
+    (copy / "sandbox" / "marker.py").write_text("")
+    sub = tmp_path / "marked"
+    sub.mkdir()
+    (sub / "submission.toml").write_text(TOML.format(name="marked", track="attack"))
+    (sub / "plugin.py").write_text(MARKED)
+    script = (
+        "import sys, torch, arena\n"
+        "from arena.core.audio import AudioBatch\n"
+        "from arena.sandbox import run_attack_job\n"
+        "from arena.submissions.manifest import plugin_spec\n"
+        f"assert arena.__file__.startswith({str(copy)!r}), arena.__file__\n"
+        "b = AudioBatch(['u'], torch.zeros(1, 1600), torch.tensor([1600]), transcripts=['a'])\n"
+        f"r = run_attack_job(plugin_spec({str(sub)!r}), {str(model_file)!r}, [b], 'snr30')\n"
+        "print(r.status, r.error)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "tree")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.stdout.strip() == "ok None", out.stdout + out.stderr
