@@ -167,3 +167,44 @@ def test_labels_say_how_the_attack_reached_the_defense(board):
     assert _row(b, "liar")["adaptive"] in ("bpda", "transfer")   # its forgery may win the label
     assert [oracle_label(True, False), oracle_label(False, True), oracle_label(False, False),
             oracle_label(None, None)] == ["bpda", "transfer", "white-box", "failed"]
+
+
+SLOW = '''import time
+from arena import Defense
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        time.sleep(float(SLEEP))
+        return wave
+'''
+
+
+@pytest.mark.parametrize("sleep", [0.0, 2.2])
+def test_the_wall_limit_counts_the_defenses_time_not_the_attacks(tmp_path, model_file, sleep):
+    """A purify that stalls is killed once its answers together pass the limit; the
+    harness's own time between requests (the attack) never counts against the defense."""
+    import time
+
+    import torch
+
+    from arena.sandbox import SandboxLimits
+    from arena.sandbox.serve import PurifyError, PurifyServer
+    from arena.submissions.manifest import plugin_spec
+
+    sub = tmp_path / "slow"
+    sub.mkdir()
+    (sub / "submission.toml").write_text(TOML.format(name="slow"))
+    (sub / "plugin.py").write_text(SLOW.replace("SLEEP", repr(sleep)))
+    wave, lengths = torch.zeros(1, 1600), torch.tensor([1600])
+    answered = 0
+    with PurifyServer(plugin_spec(sub), model_file, limits=SandboxLimits(wall_s=10)) as server:
+        try:
+            for _ in range(6):
+                server.purify(wave, lengths)
+                answered += 1
+                if sleep == 0.0:
+                    time.sleep(2.0)      # the attack's time: 12 s in all, over the limit
+        except PurifyError as e:
+            assert "no answer" in str(e)
+    assert answered == (6 if sleep == 0.0 else 4)

@@ -42,10 +42,10 @@ class PurifyServer:
     """`with PurifyServer(spec, model_path) as server: server.purify(wave, lengths)`.
 
     `overrides` says which of purify/transcribe the defense's class overrides (self-reported
-    by its process). The wall-clock limit applies to loading and to each request (the
-    attack between requests is the harness's time, not the defense's); the job's CPU and
-    memory limits to the whole job. A request past it kills the job. After the block,
-    `result` holds the job's JobResult."""
+    by its process). The wall-clock limit applies to the defense's own time: loading, and
+    all its answers together (the attack between requests is the harness's time, not the
+    defense's); the job's CPU and memory limits to the whole job. Going past it kills the
+    job. After the block, `result` holds the job's JobResult."""
 
     def __init__(self, plugin: PluginSpec, model_path, *, device="cpu",
                  limits: SandboxLimits | None = None, trusted=False, seed=0, effort="full",
@@ -55,6 +55,7 @@ class PurifyServer:
         self.workdir = workdir
         self.overrides: dict[str, bool] = {}
         self.requests = 0
+        self.defense_s = 0.0              # time spent waiting for the defense's answers
         self.result: JobResult | None = None
         self.error: str | None = None     # the worker's own report of a failed request
         self._deadline = 0.0
@@ -99,13 +100,17 @@ class PurifyServer:
         wave = wave.detach().to("cpu", torch.float32).contiguous()
         launch.receiver.caps[name] = wave.numel() * 4 + RESULT_SLACK
         data = save({"wave": wave, "lengths": lengths.detach().to("cpu", torch.long).contiguous()})
-        self._deadline = time.monotonic() + self._wall_s
+        started = time.monotonic()
+        self._deadline = started + max(self._wall_s - self.defense_s, 0.0)
         try:
             send(launch.requests, f"request-{k}", data)
         except OSError:
             raise PurifyError(self._failure(f"request {k} could not be sent")) from None
-        if not launch.receiver.wait_for(name, self._deadline):
-            raise PurifyError(self._failure(f"no answer to request {k}"))
+        answered = launch.receiver.wait_for(name, self._deadline)
+        self.defense_s += time.monotonic() - started
+        if not answered:
+            raise PurifyError(self._failure(f"no answer to request {k} (the defense's time: "
+                                            f"{self.defense_s:.0f} s of {self._wall_s:g} s)"))
         self.requests += 1
         path = launch.out / name
         try:
