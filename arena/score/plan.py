@@ -197,51 +197,51 @@ class TransferJob:
 def plan_attacks(grid: Grid, store: ResultsStore) -> tuple[list[AttackJob], int]:
     """Attack jobs for missing attack cells, and audio-only jobs where phase 2 needs audio
     whose file is missing; the number of cells reused."""
-    jobs, reused = [], 0
+    jobs: list = []
+    reused = 0
     for model in grid.models:
         for attack in grid.attacks:
-            missing, regen = [], []
-            for b in grid.budgets:
-                key = grid.attack_key(attack, b, model)
-                cell = store.get(key)
-                if cell is None and store.claim(key):
-                    missing.append((b, key))
-                elif cell is not None:
-                    reused += 1
-                    if _audio_needed(grid, store, attack, model, key, cell):
-                        regen.append((b, key))
-            if missing:
-                jobs.append(AttackJob(attack, model, [b for b, _ in missing], [k for _, k in missing]))
-            if regen:
-                jobs.append(AttackJob(attack, model, [b for b, _ in regen], [k for _, k in regen],
-                                      record=False))
+            reused += _budget_jobs(jobs, AttackJob, attack, model, grid, store,
+                                   lambda b, a=attack, m=model: grid.attack_key(a, b, m),
+                                   lambda key, cell, a=attack, m=model:
+                                   _audio_needed(grid, store, a, m, key, cell))
     return jobs, reused
 
 
 def plan_adaptive(grid: Grid, store: ResultsStore) -> tuple[list[AdaptiveJob], int]:
     """Adaptive jobs for missing adaptive cells (and audio-only ones, like plan_attacks)."""
-    if not grid.profile.adaptive:
-        return [], 0
-    jobs, reused = [], 0
-    for model in grid.models:
+    jobs: list = []
+    reused = 0
+    for model in grid.models if grid.profile.adaptive else ():
         for defense in grid.defenses:
-            missing, regen = [], []
-            for b in grid.budgets:
-                key = grid.adaptive_key(defense, b, model)
-                cell = store.get(key)
-                if cell is None and store.claim(key):
-                    missing.append((b, key))
-                elif cell is not None:
-                    reused += 1
-                    if (not (cell["artifact"] and store.has_artifact(cell["artifact"]))
-                            and not store.has(grid.defense_key(key, defense, model))):
-                        regen.append((b, key))
-            if missing:
-                jobs.append(AdaptiveJob(defense, model, [b for b, _ in missing], [k for _, k in missing]))
-            if regen:
-                jobs.append(AdaptiveJob(defense, model, [b for b, _ in regen], [k for _, k in regen],
-                                        record=False))
+            reused += _budget_jobs(jobs, AdaptiveJob, defense, model, grid, store,
+                                   lambda b, d=defense, m=model: grid.adaptive_key(d, b, m),
+                                   lambda key, cell, d=defense, m=model:
+                                   not (cell["artifact"] and store.has_artifact(cell["artifact"]))
+                                   and not store.has(grid.defense_key(key, d, m)))
     return jobs, reused
+
+
+def _budget_jobs(jobs: list, job_type, entry: Entry, model: TargetSpec, grid: Grid,
+                 store: ResultsStore, key_of, audio_needed) -> int:
+    """Append to `jobs` one job of `job_type` for the budgets whose cells are missing (and
+    claimed) and one audio-only job for those whose audio is needed again; the number of
+    cells reused."""
+    missing, regen, reused = [], [], 0
+    for b in grid.budgets:
+        key = key_of(b)
+        cell = store.get(key)
+        if cell is None and store.claim(key):
+            missing.append((b, key))
+        elif cell is not None:
+            reused += 1
+            if audio_needed(key, cell):
+                regen.append((b, key))
+    for found, record in ((missing, True), (regen, False)):
+        if found:
+            jobs.append(job_type(entry, model, [b for b, _ in found], [k for _, k in found],
+                                 record=record))
+    return reused
 
 
 def _audio_needed(grid: Grid, store: ResultsStore, attack: Entry, model: TargetSpec,
