@@ -390,14 +390,25 @@ def bench_group():
 @click.option("--budget", default="snr30", show_default=True)
 @click.option("--model", "model_name", default="dense", show_default=True)
 @click.option("--out", default=None, help="Also write the curve (JSON) to this file.")
+@click.option("--record", is_flag=True,
+              help="Also keep the curve in the published board (leaderboard/), which shows it.")
+@click.option("--from-json", "from_json", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Take the curve from this file (an earlier --out) instead of measuring it.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_convergence_cmd(attack, steps, n, budget, model_name, out, as_json):
+def bench_convergence_cmd(attack, steps, n, budget, model_name, out, record, from_json, as_json):
     """ΔWER of a reference attack against its step count (is the effort used converged?)."""
     from arena.bench.convergence import convergence
 
-    curve = convergence(attack, [int(s) for s in steps.split(",")], n, budget, model_name)
+    if from_json:
+        curve = json.loads(Path(from_json).read_text())
+    else:
+        curve = convergence(attack, [int(s) for s in steps.split(",")], n, budget, model_name)
     if out:
         Path(out).write_text(json.dumps(curve, indent=2) + "\n")
+    if record:
+        from arena.leaderboard.publish import record_convergence
+
+        record_convergence(curve)
     if as_json:
         _echo_json(curve)
         return

@@ -384,3 +384,35 @@ def test_two_processes_never_duplicate_a_cell(tmp_path):
     store = ResultsStore(tmp_path)
     assert store.count() == 40
     assert len({c["key"] for c in store.cells()}) == 40
+
+
+def test_recorded_convergence_curves_are_on_the_board_with_a_verdict_per_effort(tmp_path):
+    from arena.leaderboard.build import build
+    from arena.leaderboard.publish import record_convergence
+    from arena.leaderboard.site import convergence_html
+    from arena.score.store import ResultsStore
+
+    def pt(steps, d):
+        return dict(steps=steps, delta_wer=d, ci_low=d - 0.05, ci_high=d + 0.05, seconds=1.0)
+
+    curve = dict(attack="apgd", model="dense", budget="snr30", split="dev", n_utterances=64,
+                 clean_wer=0.05, tolerance=0.03, converged_at=25,
+                 points=[pt(12, 0.80), pt(25, 0.93), pt(50, 0.94), pt(100, 0.95), pt(200, 0.95)],
+                 effort_steps={"quick": 25, "standard": 50, "full": 200})
+    assert record_convergence(curve, tmp_path) == "apgd/dense/snr30"
+    record_convergence(dict(curve, budget="linf0.01", points=[pt(12, 0.5), pt(50, 0.7)]), tmp_path)
+    store = ResultsStore(tmp_path)
+    rows = build(store.cells(), store.meta())["convergence"]
+    assert [(r["attack"], r["budget"]) for r in rows] == [("apgd", "linf0.01"), ("apgd", "snr30")]
+    snr = rows[1]["efforts"]
+    assert snr["quick"] == dict(steps=25, delta_wer=0.93, at_4x=0.95, converged=True)
+    assert snr["standard"]["converged"] is True and snr["full"]["converged"] is None
+    linf = rows[0]["efforts"]
+    assert linf["quick"]["converged"] is None          # 25 and 100 steps were not measured
+    assert linf["standard"]["delta_wer"] == 0.7 and linf["standard"]["at_4x"] is None
+    html = convergence_html(rows)
+    assert "standard (50 steps): converged" in html and "not measured" in html
+    curve["points"][-1] = pt(200, 0.99)                # 0.94 at 50 vs 0.99 at 200: not converged
+    record_convergence(curve, tmp_path)
+    rows = build(store.cells(), store.meta())["convergence"]
+    assert rows[1]["efforts"]["standard"]["converged"] is False

@@ -27,10 +27,11 @@ TOLERANCE = 0.03
 
 
 def load_baseline(name: str):
-    """The entry class of a baseline folder (trusted: the arena's own reference code)."""
+    """The module and entry class of a baseline folder (trusted: the arena's own code)."""
     folder = paths.baselines_dir() / name
     entry = tomllib.loads((folder / "submission.toml").read_text())["entry"]
-    return getattr(load_reference(folder, name), entry.split(":")[1])
+    module = load_reference(folder, name)
+    return module, getattr(module, entry.split(":")[1])
 
 
 def bootstrap_mean_ci(values: np.ndarray, weights: np.ndarray, n: int = 1000, seed: int = 0):
@@ -70,7 +71,7 @@ def run_attack(cls, steps: int, net, data: AudioSet, budget: Budget, batch_secon
 def convergence(attack: str = "apgd", steps=(25, 50, 100, 200), n: int = 32, budget: str = "snr30",
                 model: str = "dense", split: str = "dev", batch_seconds: float = 40.0,
                 seed: int = 0) -> dict:
-    cls, net = load_baseline(attack), load_model(model)
+    (module, cls), net = load_baseline(attack), load_model(model)
     data = AudioSet.from_manifest(ensure_split(split, progress=False), limit=n)
     b = Budget.parse(budget)
     clean_errs, words = word_errors(net, data, [data.wave(i) for i in range(len(data))])
@@ -85,4 +86,5 @@ def convergence(attack: str = "apgd", steps=(25, 50, 100, 200), n: int = 32, bud
     converged = [s for s in steps if 4 * s in by_steps and abs(by_steps[4 * s] - by_steps[s]) <= TOLERANCE]
     return dict(attack=attack, model=model, budget=budget, split=split, n_utterances=len(data),
                 clean_wer=float(clean_errs.sum() / words.sum()), points=points,
-                tolerance=TOLERANCE, converged_at=min(converged) if converged else None)
+                tolerance=TOLERANCE, converged_at=min(converged) if converged else None,
+                effort_steps=dict(getattr(module, "STEPS", {})))

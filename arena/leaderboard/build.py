@@ -70,6 +70,7 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
         "transfer": formulas.transfer_table(by_kind["transfer"], by_kind["clean"], rs),
         "budget_curves": formulas.budget_curve(rows),
         "clean": formulas.clean_table(by_kind["clean"], rs),
+        "convergence": formulas.convergence_table(meta.get("convergence") or {}),
         "cells": rows,
         "report": meta.get("last_run_report", {}),
         "not_scored": run.get("problems", []),

@@ -428,6 +428,28 @@ def worst_case_wer(cells: list[dict]) -> float:
 
 
 # ------------------------------------------------------------------ tables
+def convergence_table(curves: dict) -> list[dict]:
+    """One row per recorded curve (`arena bench convergence --record`): ΔWER per step count
+    with its interval, and for each profile's effort whether ΔWER there is within the
+    curve's tolerance of ΔWER at 4x the steps (None: the curve lacks one of the two)."""
+    rows = []
+    for key in sorted(curves):
+        c = curves[key]
+        at = {p["steps"]: p["delta_wer"] for p in c.get("points", [])}
+        efforts = {}
+        for effort, steps in sorted((c.get("effort_steps") or {}).items()):
+            if steps in at and 4 * steps in at:
+                efforts[effort] = dict(steps=steps, delta_wer=at[steps], at_4x=at[4 * steps],
+                                       converged=abs(at[4 * steps] - at[steps]) <= c["tolerance"])
+            else:
+                efforts[effort] = dict(steps=steps, delta_wer=at.get(steps), at_4x=None, converged=None)
+        rows.append(dict(attack=c["attack"], model=c["model"], budget=c["budget"],
+                         n_utterances=c.get("n_utterances"), clean_wer=c.get("clean_wer"),
+                         points=c.get("points", []), converged_at=c.get("converged_at"),
+                         tolerance=c.get("tolerance"), efforts=efforts))
+    return rows
+
+
 def clean_table(clean_cells, rs: Resampler | None = None) -> list[dict]:
     """Clean WER per (model, defense) with its interval."""
     cells = sorted(clean_cells, key=lambda c: (c["model"], c["defense"]))

@@ -144,6 +144,17 @@ def open_published(root: Path | None = None) -> ResultsStore | None:
     return ReadOnlyStore(root) if (root / "results.sqlite").is_file() else None
 
 
+def record_convergence(curve: dict, root: Path | None = None) -> str:
+    """Keep a convergence curve (`arena bench convergence --record`) in the published
+    store's meta, where the board shows it; the key is attack/model/budget."""
+    store = ResultsStore(Path(root or published_root()))
+    curves = dict(store.meta().get("convergence") or {})
+    key = f"{curve['attack']}/{curve['model']}/{curve['budget']}"
+    curves[key] = curve
+    store.set_meta("convergence", curves)
+    return key
+
+
 def local_store(published: Path | None = None) -> LayeredStore:
     """Where local runs compute: leaderboard/local/ over the published store."""
     published = Path(published or published_root())

@@ -701,6 +701,7 @@ def index_page(site: SiteInput, figures: dict[str, str], data_files: list[str]) 
                  "no defense.</p>"
                  + pivot(long_rows(b.get("transfer", []), ("attack", "budget")), ("attack", "budget"),
                          "model", "delta_wer", link=lambda a: _sub_link(a, 0, known)))
+    parts.append(convergence_html(b.get("convergence", [])))
     parts.append("<h2 id='clean'>Clean WER per model and defense</h2>"
                  + pivot(b.get("clean", []), "defense", "model", "clean_wer",
                          link=lambda n: _sub_link(n, 0, known)))
@@ -711,6 +712,31 @@ def index_page(site: SiteInput, figures: dict[str, str], data_files: list[str]) 
     parts.append("<h2 id='data'>Data files</h2><ul>" + "".join(
         f"<li><a href='{e(f)}'>{e(f)}</a></li>" for f in data_files) + "</ul>")
     return _page("Leaderboard", "\n".join(parts), 0, site)
+
+
+def convergence_html(rows: list[dict]) -> str:
+    """The reference attacks' ΔWER against their step count, and whether each profile's
+    effort is converged (within the tolerance of 4x its steps)."""
+    head = ("<h2 id='convergence'>Convergence of the reference attacks</h2><p class='muted'>ΔWER "
+            "(95% interval over utterances) against the attack's step count, made with "
+            "<code>arena bench convergence --record</code>. An effort is converged when ΔWER "
+            "there is within the tolerance of ΔWER at 4× its steps.</p>")
+    if not rows:
+        return head + "<p class='muted'>No curve recorded.</p>"
+    body = []
+    for r in rows:
+        steps = [p["steps"] for p in r["points"]]
+        cells = [with_interval(p["delta_wer"], p["ci_low"], p["ci_high"]) for p in r["points"]]
+        body.append(f"<h3>{e(r['attack'])} on {e(r['model'])}, {e(r['budget'])} "
+                    f"({r['n_utterances']} utterances)</h3>"
+                    + table(["steps"] + [str(s) for s in steps], [[text("ΔWER")] + cells],
+                            sortable=False))
+        verdict = [f"{e(name)} ({v['steps']} steps): "
+                   + ("converged" if v["converged"] else "not converged" if v["converged"] is False
+                      else "not measured")
+                   for name, v in r["efforts"].items()]
+        body.append("<p>" + "; ".join(verdict) + "</p>")
+    return head + "".join(body)
 
 
 def _history_html(site: SiteInput, name: str, track: str) -> str:
