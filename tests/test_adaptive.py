@@ -208,3 +208,42 @@ def test_the_wall_limit_counts_the_defenses_time_not_the_attacks(tmp_path, model
         except PurifyError as e:
             assert "no answer" in str(e)
     assert answered == (6 if sleep == 0.0 else 4)
+
+
+STOPPER = '''import os
+import signal
+import threading
+import time
+from arena import Defense
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        # answer this one, then stop the whole process: nobody reads the next request
+        threading.Thread(target=lambda: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGSTOP)),
+                         daemon=True).start()
+        return wave
+'''
+
+
+def test_a_defense_that_stops_reading_requests_cannot_block_the_harness(tmp_path, model_file):
+    import time
+
+    import torch
+
+    from arena.sandbox import SandboxLimits
+    from arena.sandbox.serve import PurifyError, PurifyServer
+    from arena.submissions.manifest import plugin_spec
+
+    sub = tmp_path / "stopper"
+    sub.mkdir()
+    (sub / "submission.toml").write_text(TOML.format(name="stopper"))
+    (sub / "plugin.py").write_text(STOPPER)
+    wave, lengths = torch.zeros(2, 160_000), torch.tensor([160_000, 160_000])  # > a pipe buffer
+    with PurifyServer(plugin_spec(sub), model_file, limits=SandboxLimits(wall_s=6)) as server:
+        server.purify(wave, lengths)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        with pytest.raises(PurifyError, match="could not be sent|no answer"):
+            server.purify(wave, lengths)
+        assert time.monotonic() - t0 < 12

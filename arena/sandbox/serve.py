@@ -10,6 +10,8 @@ defense does to torch or to autograd in its process can touch it.
 from __future__ import annotations
 
 import json
+import os
+import select
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +20,6 @@ import torch
 from safetensors.torch import load_file, save
 
 from arena.plugins.spec import PluginSpec
-from arena.sandbox.channel import send
 from arena.sandbox.jobs import (
     RESULT_SLACK,
     JobResult,
@@ -32,6 +33,25 @@ from arena.sandbox.jobs import (
 )
 
 READY_BYTES = 4096
+
+
+def send_until(fd: int, name: str, data: bytes, deadline: float) -> bool:
+    """channel.send with a deadline (time.monotonic()): False when the reader stopped reading
+    (a stopped or hung sandbox must not block the harness on a full pipe) or is gone."""
+    view = memoryview(f"{name} {len(data)}\n".encode() + data)
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                return False
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                continue
+    except OSError:          # EPIPE: the worker is gone
+        return False
+    return True
 
 
 class PurifyError(RuntimeError):
@@ -102,10 +122,9 @@ class PurifyServer:
         data = save({"wave": wave, "lengths": lengths.detach().to("cpu", torch.long).contiguous()})
         started = time.monotonic()
         self._deadline = started + max(self._wall_s - self.defense_s, 0.0)
-        try:
-            send(launch.requests, f"request-{k}", data)
-        except OSError:
-            raise PurifyError(self._failure(f"request {k} could not be sent")) from None
+        if not send_until(launch.requests, f"request-{k}", data, self._deadline):
+            raise PurifyError(self._failure(f"request {k} could not be sent (the defense "
+                                            "stopped reading)"))
         answered = launch.receiver.wait_for(name, self._deadline)
         self.defense_s += time.monotonic() - started
         if not answered:
