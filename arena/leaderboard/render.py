@@ -142,8 +142,8 @@ def write_files(board: dict, out_dir) -> list[Path]:
 
 def to_json(board: dict) -> dict:
     return {k: board.get(k) for k in ("scope", "attacks", "targeted_attacks", "defenses",
-                                      "model_robustness", "transfer", "clean", "report",
-                                      "not_scored")}
+                                      "model_robustness", "transfer", "clean", "convergence",
+                                      "report", "not_scored")}
 
 
 def to_csv(board: dict) -> str:
