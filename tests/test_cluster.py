@@ -285,3 +285,37 @@ def test_a_wrong_cluster_address_fails_at_once_with_a_clear_error():
         _check_reachable(f"{LOOPBACK}:{port}")
     assert time.time() - t0 < 5
     _check_reachable("auto")   # left to Ray
+
+
+@pytest.mark.parametrize("kind", ["attack", "adaptive", "round"])
+def test_every_job_with_plugin_code_gets_its_submission_on_the_worker(tmp_path, kind):
+    """A Ray worker shares no filesystem with the driver: each job that runs a submission
+    (attack jobs, defense rounds, and adaptive jobs, which serve a defense's purify) is
+    pointed at a copy of it that was checked against its content hash."""
+    import dataclasses
+    import hashlib
+
+    import numpy as np
+
+    from arena.score.cluster import _localised, pack_submission
+    from arena.score.plan import AdaptiveJob, AttackJob, DefenseRound, TargetSpec
+    from arena.submissions.entries import Entry
+    from arena.submissions.manifest import content_hash, plugin_spec
+
+    track = "attack" if kind == "attack" else "defense"
+    _sub(tmp_path, "sub", track, "x = 1\n")
+    folder = tmp_path / "sub"
+    entry = Entry(plugin_spec(folder), content_hash(folder), "submission")
+    model_bytes = b"model"
+    model = TargetSpec("dense", tmp_path / "dense.safetensors", hashlib.sha256(model_bytes).hexdigest())
+    job = {"attack": AttackJob(entry, model, ["snr30"], ["k"]),
+           "adaptive": AdaptiveJob(entry, model, ["snr30"], ["k"]),
+           "round": DefenseRound(entry, model, "g", [])}[kind]
+    (tmp_path / "node").mkdir()
+    local = _localised(job, tmp_path / "node", pack_submission(folder),
+                       np.frombuffer(model_bytes, dtype=np.uint8))
+    moved = local.attack if kind == "attack" else local.defense
+    assert moved.path != folder and moved.path.is_relative_to(tmp_path / "node")
+    assert (moved.path / "plugin.py").read_text() == "x = 1\n"
+    assert local.model.path.read_bytes() == model_bytes
+    assert dataclasses.replace(moved, spec=entry.spec) == entry
