@@ -116,9 +116,15 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     assert defenses["hanger"]["score"] == pytest.approx(1.0)  # failed defense: WER 1.0
     assert defenses["none"]["errors"] == []
     assert any("broken" in p and "track" in p for p in board["not_scored"])
-    assert len(report.failed_jobs) == 3, report.failed_jobs
+    # crasher, nan-maker, hanger's rounds and hanger's purify under the adaptive attack
+    assert len(report.failed_jobs) == 4, report.failed_jobs
+    assert any(f.startswith("adaptive hanger on dense: timeout") for f in report.failed_jobs)
+    assert defenses["hanger"]["adaptive_wer"] == pytest.approx(1.0)
     n_sets = 4 * len(profile.budgets)  # attacked sets: 4 attacks x the profile's budgets
-    assert store.count() == n_sets + 2 * (n_sets + 1)  # + 2 defenses x (attacked sets + clean)
+    b = len(profile.budgets)
+    # + per defense: the adaptive audio per budget, and its cells (attacked sets, clean,
+    # the adaptive audio)
+    assert store.count() == n_sets + 2 * b + 2 * (n_sets + 1 + b)
 
 
 def _board_signature(board: dict) -> str:
@@ -181,5 +187,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_pa
     assert lowpass["errors"] == [] and lowpass["clean_wer"] is not None
     from arena.score.profiles import get_profile
 
-    n_sets = 3 * len(get_profile("quick").budgets)
-    assert ResultsStore(store).count() == a.count() + 2 * (1 + n_sets)  # per model: clean + attacked sets
+    b = len(get_profile("quick").budgets)
+    n_sets = 3 * b
+    # per model: clean, the attacked sets, the adaptive audio per budget and its cells
+    assert ResultsStore(store).count() == a.count() + 2 * (1 + n_sets + 2 * b)

@@ -159,7 +159,7 @@ def run_adaptive(job: AdaptiveJob, grid: Grid, ctx: RunContext) -> JobOutput:
         out.cells += [_adaptive_cell(job, grid, b, k, plan, 1, reference, net, None, str(e))
                       for b, k in zip(job.budgets, job.keys) if k not in done]
     if server.result is not None:
-        _sandbox_output(server.result, out, f"adaptive {job.name}")
+        _sandbox_output(server.result, out, job.name)
     return out
 
 
