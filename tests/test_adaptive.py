@@ -21,6 +21,7 @@ from arena.score.keys import ADAPTIVE_ATTACK
 from arena.score.profiles import get_profile
 from arena.score.run import ScoreOptions, run_score, target_specs
 from arena.score.store import ResultsStore
+from arena.score.subset import load_subset
 from arena.submissions.entries import discover
 
 TOML = 'name = "{name}"\ntrack = "defense"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
@@ -100,7 +101,7 @@ def board(tmp_path_factory):
         (subs / name / "plugin.py").write_text(code)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ARENA_DATA", str(root / "data"))
-        ensure_split("dev", DEFAULT_SEED, size=6, progress=False)
+        manifest = ensure_split("dev", DEFAULT_SEED, size=6, progress=False)
         entries, problems = discover(["apgd", "none", "honest", "saboteur", "flaky", "wrong-shape",
                                       "liar"],
                                      roots=[(paths.baselines_dir(), "baseline"), (subs, "submission")])
@@ -109,7 +110,7 @@ def board(tmp_path_factory):
                                       transfer=False)
         store = ResultsStore(root / "store")
         report = run_score(store, ScoreOptions(profile, progress=False, workers=2), entries,
-                           target_specs(["dense"]))
+                           target_specs(["dense"]), load_subset(profile, manifest=manifest))
     # the liar's forged frame also kills its own scoring rounds (an unexpected output file)
     assert all(f.split()[1] in ("flaky", "wrong-shape", "liar") for f in report.failed_jobs), \
         report.failed_jobs
@@ -247,3 +248,22 @@ def test_a_defense_that_stops_reading_requests_cannot_block_the_harness(tmp_path
         with pytest.raises(PurifyError, match="could not be sent|no answer"):
             server.purify(wave, lengths)
         assert time.monotonic() - t0 < 12
+
+
+def test_adaptive_audio_is_inside_the_budget(board):
+    """The harness projects the adaptive attack's audio like any attack's: within linf0.003
+    of the clean utterance, plus int16 rounding, and of the same length."""
+    from arena.data.batching import AudioSet
+
+    store, _ = board
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ARENA_DATA", str(store.root.parent / "data"))
+        data = AudioSet.from_manifest(ensure_split("dev", DEFAULT_SEED, size=6, progress=False))
+    clean = {uid: data.wave(i) for i, uid in enumerate(data.ids)}
+    assert len(clean) == 6
+    cells = [c for c in store.cells("adaptive") if c["artifact"]]
+    assert len(cells) >= 5
+    for c in cells:
+        for uid, wave in store.read_waves(c["artifact"]).items():
+            assert wave.shape == clean[uid].shape
+            assert np.abs(wave - clean[uid]).max() <= 0.003 + 1.5 / 32768, (c["defense"], uid)
