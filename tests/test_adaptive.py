@@ -248,6 +248,8 @@ def test_a_defense_that_stops_reading_requests_cannot_block_the_harness(tmp_path
         with pytest.raises(PurifyError, match="could not be sent|no answer"):
             server.purify(wave, lengths)
         assert time.monotonic() - t0 < 12
+        with pytest.raises(PurifyError, match="has stopped"):   # the next budget's first call
+            server.purify(wave, lengths)
 
 
 def test_adaptive_audio_is_inside_the_budget(board):
@@ -267,3 +269,33 @@ def test_adaptive_audio_is_inside_the_budget(board):
         for uid, wave in store.read_waves(c["artifact"]).items():
             assert wave.shape == clean[uid].shape
             assert np.abs(wave - clean[uid]).max() <= 0.003 + 1.5 / 32768, (c["defense"], uid)
+
+
+NESTED_READY = '''import sys
+import time
+from arena import Defense
+from arena.sandbox import channel
+
+# a deeply nested ready.json ahead of the worker's own (json.loads would hit the recursion
+# limit in the harness)
+channel.send(int(sys.argv[2]), "ready.json", b"[" * 2000 + b"]" * 2000)
+time.sleep(3)
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        return wave
+'''
+
+
+def test_a_hostile_ready_message_is_a_clear_purify_error(tmp_path, model_file):
+    from arena.sandbox.serve import PurifyError, PurifyServer
+    from arena.submissions.manifest import plugin_spec
+
+    sub = tmp_path / "nested"
+    sub.mkdir()
+    (sub / "submission.toml").write_text(TOML.format(name="nested"))
+    (sub / "plugin.py").write_text(NESTED_READY)
+    with pytest.raises(PurifyError, match="ready.json is malformed.*nested"):
+        with PurifyServer(plugin_spec(sub), model_file):
+            pass

@@ -9,7 +9,6 @@ defense does to torch or to autograd in its process can touch it.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import time
@@ -25,10 +24,12 @@ from arena.sandbox.jobs import (
     JobResult,
     Launch,
     SandboxLimits,
+    UntrustedJSONError,
     _prepare,
     _Setup,
     job_result,
     new_jobdir,
+    parse_untrusted_json,
     remove_tree,
 )
 
@@ -108,14 +109,16 @@ class PurifyServer:
     def _ready(self) -> dict[str, bool]:
         path = self._launch.out / "ready.json"
         try:
-            data = json.loads(path.read_bytes())
+            data = parse_untrusted_json(path.read_bytes())   # depth and numbers bounded
             return {k: bool(data.get(k) is True) for k in ("purify", "transcribe")}
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, UntrustedJSONError, AttributeError) as e:
             raise PurifyError(self._failure(f"ready.json is malformed ({e})")) from None
 
     def purify(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The defense's purify of (B, T) float32 audio: (B, T) float32, finite."""
         launch, k = self._launch, self.requests
+        if launch is None or self.result is not None:   # stopped by an earlier failure
+            raise PurifyError(f"the purify server has stopped: {self._why() or 'closed'}")
         name = f"purified-{k}.safetensors"
         wave = wave.detach().to("cpu", torch.float32).contiguous()
         launch.receiver.caps[name] = wave.numel() * 4 + RESULT_SLACK
@@ -149,8 +152,11 @@ class PurifyServer:
     def _failure(self, what: str) -> str:
         """Stop the job and say why it failed (its limits, its crash, its own error)."""
         self._stop()
-        why = (self.result.error if self.result and self.result.error else None) or self.error
+        why = self._why()
         return f"{what}: {why}" if why else what
+
+    def _why(self) -> str | None:
+        return (self.result.error if self.result and self.result.error else None) or self.error
 
     def _stop(self) -> None:
         if self._launch is None or self.result is not None:
