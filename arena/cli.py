@@ -225,7 +225,7 @@ def _split_names(value):
 
 @main.command()
 @click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default=None,
-              help="quick (default without a GPU: minutes), standard (the committed board: "
+              help="quick (default without a GPU: minutes), standard (the board to publish: "
                    "200 utterances, converged reference attack, hours on a CPU) or full "
                    "(default with a GPU).")
 @click.option("--split", type=click.Choice(["dev", "test", "secret"]), default=None,
