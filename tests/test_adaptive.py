@@ -23,8 +23,15 @@ from arena.score.run import ScoreOptions, run_score, target_specs
 from arena.score.store import ResultsStore
 from arena.score.subset import load_subset
 from arena.submissions.entries import discover
+from arena.submissions.manifest import plugin_spec
+from tests.test_score_run import _sub
 
-TOML = 'name = "{name}"\ntrack = "defense"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
+
+def _defense(root, name: str, code: str):
+    """A defense submission folder written under `root`, as the sandbox sees it."""
+    _sub(root, name, "defense", code)
+    return plugin_spec(root / name)
+
 QUANTIZE = '''
     def purify(self, wave, lengths):
         levels = 2.0 ** 7
@@ -96,9 +103,7 @@ def board(tmp_path_factory):
     subs = root / "submissions"
     for name, code in (("honest", HONEST), ("saboteur", SABOTEUR), ("flaky", FLAKY),
                        ("wrong-shape", WRONG_SHAPE), ("liar", LIAR)):
-        (subs / name).mkdir(parents=True)
-        (subs / name / "submission.toml").write_text(TOML.format(name=name))
-        (subs / name / "plugin.py").write_text(code)
+        _sub(subs, name, "defense", code)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ARENA_DATA", str(root / "data"))
         manifest = ensure_split("dev", DEFAULT_SEED, size=6, progress=False)
@@ -191,15 +196,10 @@ def test_the_wall_limit_counts_the_defenses_time_not_the_attacks(tmp_path, model
 
     from arena.sandbox import SandboxLimits
     from arena.sandbox.serve import PurifyError, PurifyServer
-    from arena.submissions.manifest import plugin_spec
-
-    sub = tmp_path / "slow"
-    sub.mkdir()
-    (sub / "submission.toml").write_text(TOML.format(name="slow"))
-    (sub / "plugin.py").write_text(SLOW.replace("SLEEP", repr(sleep)))
+    spec = _defense(tmp_path, "slow", SLOW.replace("SLEEP", repr(sleep)))
     wave, lengths = torch.zeros(1, 1600), torch.tensor([1600])
     answered = 0
-    with PurifyServer(plugin_spec(sub), model_file, limits=SandboxLimits(wall_s=10)) as server:
+    with PurifyServer(spec, model_file, limits=SandboxLimits(wall_s=10)) as server:
         try:
             for _ in range(6):
                 server.purify(wave, lengths)
@@ -234,14 +234,9 @@ def test_a_defense_that_stops_reading_requests_cannot_block_the_harness(tmp_path
 
     from arena.sandbox import SandboxLimits
     from arena.sandbox.serve import PurifyError, PurifyServer
-    from arena.submissions.manifest import plugin_spec
-
-    sub = tmp_path / "stopper"
-    sub.mkdir()
-    (sub / "submission.toml").write_text(TOML.format(name="stopper"))
-    (sub / "plugin.py").write_text(STOPPER)
+    spec = _defense(tmp_path, "stopper", STOPPER)
     wave, lengths = torch.zeros(2, 160_000), torch.tensor([160_000, 160_000])  # > a pipe buffer
-    with PurifyServer(plugin_spec(sub), model_file, limits=SandboxLimits(wall_s=6)) as server:
+    with PurifyServer(spec, model_file, limits=SandboxLimits(wall_s=6)) as server:
         server.purify(wave, lengths)
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -290,12 +285,7 @@ class P(Defense):
 
 def test_a_hostile_ready_message_is_a_clear_purify_error(tmp_path, model_file):
     from arena.sandbox.serve import PurifyError, PurifyServer
-    from arena.submissions.manifest import plugin_spec
-
-    sub = tmp_path / "nested"
-    sub.mkdir()
-    (sub / "submission.toml").write_text(TOML.format(name="nested"))
-    (sub / "plugin.py").write_text(NESTED_READY)
+    spec = _defense(tmp_path, "nested", NESTED_READY)
     with pytest.raises(PurifyError, match="ready.json is malformed.*nested"):
-        with PurifyServer(plugin_spec(sub), model_file):
+        with PurifyServer(spec, model_file):
             pass
