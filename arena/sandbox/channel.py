@@ -20,9 +20,14 @@ HEADER_MAX = 160
 _HEADER = re.compile(rb"([A-Za-z0-9._-]{1,100}) ([0-9]{1,12})")
 
 
+def frame(name: str, data: bytes) -> bytes:
+    """One frame: `<name> <size>\\n` and the bytes (what `recv` and the Receiver read)."""
+    return f"{name} {len(data)}\n".encode() + data
+
+
 def send(fd: int, name: str, data: bytes) -> None:
     """Write one frame (blocking; the harness reads as fast as it is sent)."""
-    view = memoryview(f"{name} {len(data)}\n".encode() + data)
+    view = memoryview(frame(name, data))
     while view:
         n = os.write(fd, view)
         view = view[n:]

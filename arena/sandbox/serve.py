@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from arena.plugins.spec import PluginSpec
+from arena.sandbox.channel import frame
 from arena.sandbox.jobs import (
     RESULT_SLACK,
     JobResult,
@@ -39,7 +40,7 @@ READY_BYTES = 4096
 def send_until(fd: int, name: str, data: bytes, deadline: float) -> bool:
     """channel.send with a deadline (time.monotonic()): False when the reader stopped reading
     (a stopped or hung sandbox must not block the harness on a full pipe) or is gone."""
-    view = memoryview(f"{name} {len(data)}\n".encode() + data)
+    view = memoryview(frame(name, data))
     os.set_blocking(fd, False)
     try:
         while view:
