@@ -416,3 +416,36 @@ def test_recorded_convergence_curves_are_on_the_board_with_a_verdict_per_effort(
     record_convergence(curve, tmp_path)
     rows = build(store.cells(), store.meta())["convergence"]
     assert rows[1]["efforts"]["standard"]["converged"] is False
+
+
+def test_publishing_switches_profile_only_when_named_and_whole(tmp_path, monkeypatch):
+    """A bare --publish keeps the board's profile; --publish --profile P makes the board P's
+    when the run is P's whole grid (its own split and size), and is refused otherwise."""
+    from arena.leaderboard import publish as pub
+    from arena.leaderboard.scoring import ScoreRequest, profile_name
+
+    quick = {"profile": "quick", "split": "dev", "n_utterances": 12}
+    whole = dict(manifest=None, attacks=None, defenses=None, models=None, committed=quick)
+    assert pub.filters_of(profile="standard", split="dev", n_utterances=200, **whole,
+                          switch_profile=True) == []
+    assert pub.filters_of(profile="standard", split="dev", n_utterances=200, **whole) == [
+        "profile standard (the published board is quick)",
+        "--limit 200 (the published board has 12 utterances)"]
+    shrunk = pub.filters_of(profile="standard", split="dev", n_utterances=50, **whole,
+                            switch_profile=True)
+    assert shrunk == ["--limit 50 (the published board has 200 utterances)"]
+    assert pub.filters_of(profile="standard", split="test", n_utterances=200, **whole,
+                          switch_profile=True) == ["split test (the published board is dev)"]
+
+    board = tmp_path / "board"
+    monkeypatch.setenv("ARENA_LEADERBOARD", str(board))
+    bare = ScoreRequest(None, None, None, None, None, None, None, None, False, None, True, None,
+                        None, 0.25, progress=False)
+    assert profile_name(bare, "cpu") == "quick"          # no board yet: the device's default
+    from arena.score.store import ResultsStore
+    ResultsStore(board).set_meta("last_run", {**quick, "profile": "standard"})
+    assert profile_name(bare, "cpu") == "standard"       # republishing keeps the board's
+    assert profile_name(bare, "cuda") == "standard"
+    local = ScoreRequest(None, None, None, None, None, None, None, None, False, None, False, None,
+                         None, 0.25, progress=False)
+    assert profile_name(local, "cpu") == "quick"

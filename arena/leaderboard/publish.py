@@ -22,6 +22,7 @@ from typing import Any
 
 from arena.core import paths
 from arena.leaderboard import build as lb_build
+from arena.score.profiles import PROFILES
 from arena.score.store import COLUMNS, ResultsStore
 
 LOCAL = "local"          # the local store's folder inside the published board's
@@ -184,13 +185,20 @@ def committed_scope(store: ResultsStore | None) -> dict:
 
 
 def filters_of(*, profile: str, split: str, n_utterances: int, manifest, attacks, defenses,
-               models, committed: dict) -> list[str]:
-    """Why a run is not the whole published grid (empty: it is)."""
+               models, committed: dict, switch_profile: bool = False) -> list[str]:
+    """Why a run is not the whole published grid (empty: it is).
+
+    switch_profile: the user named a profile other than the board's; the run is then the
+    whole grid of that profile when it keeps the profile's own split and size (publishing it
+    makes the board that profile's; a bare `--publish` never switches it)."""
     out = []
     for flag, value in (("--attacks", attacks), ("--defenses", defenses), ("--models", models),
                         ("--manifest", manifest)):
         if value:
             out.append(f"{flag} {Path(value).name if flag == '--manifest' else value}")
+    if committed and profile != committed.get("profile") and switch_profile and profile in PROFILES:
+        own = PROFILES[profile]
+        committed = {"profile": profile, "split": own.split, "n_utterances": own.n_utterances}
     if committed:
         if profile != committed.get("profile"):
             out.append(f"profile {profile} (the published board is {committed.get('profile')})")

@@ -15,7 +15,7 @@ from arena.leaderboard import build as lb_build
 from arena.leaderboard import publish as pub
 from arena.leaderboard.site import subset_clean
 from arena.score.cluster import ClusterError, RayExecutor
-from arena.score.profiles import Profile, get_profile
+from arena.score.profiles import PROFILES, Profile, get_profile
 from arena.score.run import ScoreOptions, ScoreReport, run_score, target_specs
 from arena.score.subset import load_subset
 from arena.submissions.entries import Entry, discover
@@ -80,8 +80,8 @@ def _store_and_filters(req: ScoreRequest, profile: Profile):
     filtered = pub.filters_of(profile=profile.name, split=profile.split,
                               n_utterances=profile.n_utterances, manifest=req.manifest,
                               attacks=_joined(req.attacks), defenses=_joined(req.defenses),
-                              models=_joined(req.models),
-                              committed=pub.committed_scope(pub.open_published(published_root)))
+                              models=_joined(req.models), committed=committed_scope(req),
+                              switch_profile=req.publish and req.profile is not None)
     if req.publish and filtered:
         raise ScoreRefused("--publish scores the whole grid of the published board; this run "
                            "is filtered: " + "; ".join(filtered))
@@ -111,11 +111,26 @@ def _executor(req: ScoreRequest, device: str) -> RayExecutor | None:
     return executor
 
 
+def committed_scope(req: ScoreRequest) -> dict:
+    """The published board's last run (profile, split, size) as the request's store sees it."""
+    root = Path(req.store_dir) if (req.publish and req.store_dir) else pub.published_root()
+    return pub.committed_scope(pub.open_published(root))
+
+
+def profile_name(req: ScoreRequest, device: str) -> str:
+    """The named profile; for a bare `--publish` the published board's own (so republishing
+    never switches it); otherwise full with a GPU, quick without."""
+    if req.profile:
+        return req.profile
+    if req.publish and committed_scope(req).get("profile") in PROFILES:
+        return committed_scope(req)["profile"]
+    return "full" if device.startswith("cuda") else "quick"
+
+
 def score_board(req: ScoreRequest, warn: Callable[[str], None] = print) -> ScoreOutcome:
     """Run the requested grid and write its board's site (published or local)."""
     device = default_device(req.device)
-    profile = get_profile(req.profile or ("full" if device.startswith("cuda") else "quick"),
-                          req.split, req.n_utterances)
+    profile = get_profile(profile_name(req, device), req.split, req.n_utterances)
     entries, problems = select_entries(req.attacks, req.defenses)
     store, filtered = _store_and_filters(req, profile)
     if req.trusted:
