@@ -241,16 +241,17 @@ def _fake_fn(job):
 
 
 class _LosesFirstRound:
-    """A local executor whose first defense round comes back lost (as from a dead node)."""
+    """A local executor whose first defense job (a defense's rounds on one model) comes back
+    lost (as from a dead node)."""
 
     def __init__(self):
         self.inner, self.workers, self.lost = LocalExecutor(1), 1, []
 
     def run(self, jobs, fn):
-        from arena.score.plan import DefenseRound
+        from arena.score.plan import DefenseGroup
 
         for job, out, error in self.inner.run(jobs, fn):
-            if isinstance(job, DefenseRound) and not self.lost:
+            if isinstance(job, DefenseGroup) and not self.lost:
                 self.lost.append(job.name)
                 yield job, None, ConnectionError("node lost")
             else:
@@ -258,11 +259,11 @@ class _LosesFirstRound:
 
 
 @pytest.mark.slow
-def test_a_lost_defense_round_abandons_its_group_and_the_rerun_fills_it(world, tmp_path):
+def test_a_lost_defense_job_frees_its_cells_and_the_rerun_fills_them(world, tmp_path):
     ex = _LosesFirstRound()
     store, report = _score(world, tmp_path / "s", ex, models=["dense"])
     assert ex.lost and any("node lost" in f for f in report.failed_jobs), report.failed_jobs
-    # the group's other rounds did not run for nothing; its cells are free for the next run
+    # the lost group's cells are free for the next run
     # (phase 1: the fgsm attack job and the adaptive job through `none`)
     assert report.jobs == 2 and _claims(store) == 0
     assert {c["kind"] for c in store.cells()} == {"attack", "adaptive"}
@@ -300,7 +301,7 @@ def test_every_job_with_plugin_code_gets_its_submission_on_the_worker(tmp_path, 
     import numpy as np
 
     from arena.score.cluster import _localised, pack_submission
-    from arena.score.plan import AdaptiveJob, AttackJob, DefenseRound, TargetSpec
+    from arena.score.plan import AdaptiveJob, AttackJob, DefenseGroup, TargetSpec
     from arena.submissions.entries import Entry
     from arena.submissions.manifest import content_hash, plugin_spec
 
@@ -312,7 +313,7 @@ def test_every_job_with_plugin_code_gets_its_submission_on_the_worker(tmp_path, 
     model = TargetSpec("dense", tmp_path / "dense.safetensors", hashlib.sha256(model_bytes).hexdigest())
     job = {"attack": AttackJob(entry, model, ["snr30"], ["k"]),
            "adaptive": AdaptiveJob(entry, model, ["snr30"], ["k"]),
-           "round": DefenseRound(entry, model, "g", [])}[kind]
+           "round": DefenseGroup(entry, model, [])}[kind]
     (tmp_path / "node").mkdir()
     local = _localised(job, tmp_path / "node", pack_submission(folder),
                        np.frombuffer(model_bytes, dtype=np.uint8))

@@ -106,5 +106,7 @@ def test_a_defense_grouping_twins_never_sees_two_versions(world, tmp_path):  # n
             for h in c["metrics"]["hypotheses"]]
     # clean + (2 attacks + the adaptive attack) x budgets
     assert len(hyps) == 4 * (1 + 3 * len(profile.budgets))
+    errors = {c["error"] for c in store.cells() if c["defense"] == "twin-finder" and c["error"]}
+    assert not errors
     assert set(hyps) == {"no twins"}, "a defense job held two versions of one utterance"
     assert board["defenses"][0]["name"] == "twin-finder"

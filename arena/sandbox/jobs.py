@@ -451,7 +451,8 @@ class Launch:
     log reader. `requests` (purify server): the write end of a pipe the worker reads
     requests from (fd 3 + ... passed by number in argv)."""
 
-    def __init__(self, jobdir: Path, caps: dict[str, int], setup: _Setup, *, requests: bool = False):
+    def __init__(self, jobdir: Path, caps: dict[str, int], setup: _Setup, *, requests: bool = False,
+                 rounds: int = 0):
         self.jobdir, self.setup, limits = jobdir, setup, setup.limits
         self.out = jobdir / "output"
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
@@ -463,11 +464,17 @@ class Launch:
         data_r, data_w = os.pipe()
         log_r, log_w = os.pipe()
         req_r, self.requests = os.pipe() if requests else (None, None)
-        fds = (data_w,) + ((req_r,) if req_r is not None else ())
+        # a zygote's rounds: one result pipe each (zygote.py), read into output/round-<k>/
+        round_pipes = [os.pipe() for _ in range(rounds)]
+        fds = (data_w,) + ((req_r,) if req_r is not None else ()) + tuple(w for _, w in round_pipes)
         args = [str(data_w)] + ([str(req_r)] if req_r is not None else [])
+        if rounds:
+            args = [str(data_w), "-", ",".join(str(w) for _, w in round_pipes)]
         argv = bwrap.worker_argv()
+        # CPU time: per process by rlimit; for the whole job, every round's share
         self.control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
-                                  max_tasks=int(limits.max_procs) + TASK_SLACK, cpu_s=limits.cpu_s,
+                                  max_tasks=int(limits.max_procs) + TASK_SLACK,
+                                  cpu_s=limits.cpu_s * max(1, rounds),
                                   max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
         rlimits = bwrap.make_preexec(limits, setup.gpu)
 
@@ -477,6 +484,11 @@ class Launch:
 
         self.proc = None
         self.receiver = Receiver(data_r, str(self.out), caps, on_error=self.kill)
+        self.round_receivers = []
+        for k, (r, _) in enumerate(round_pipes):
+            (self.out / f"round-{k}").mkdir(mode=0o700)
+            self.round_receivers.append(Receiver(r, str(self.out / f"round-{k}"),
+                                                 {"status.json": MAX_STATUS_BYTES}, on_error=self.kill))
         self.logger = _LogTail(log_r)
         self.t0 = time.time()
         self.start_error: str | None = None
@@ -496,6 +508,8 @@ class Launch:
         except (OSError, subprocess.SubprocessError) as e:
             os.close(data_r)
             os.close(log_r)
+            for r, _ in round_pipes:
+                os.close(r)
             self.close_requests()
             self.control.finish()
             self.start_error = f"could not start the sandbox: {e}"
@@ -503,9 +517,13 @@ class Launch:
         finally:
             os.close(data_w)   # the job holds the only write ends now: EOF when it is gone
             os.close(log_w)
+            for _, w in round_pipes:
+                os.close(w)
             if req_r is not None:
                 os.close(req_r)
         self.receiver.start()
+        for t in self.round_receivers:
+            t.start()
         self.logger.start()
         self.control.watch(self.proc.pid, self.kill, inside_pid=self.proc.child_pid)
 
@@ -539,7 +557,7 @@ class Launch:
         finally:
             self.close_requests()
             self.usage = self.control.finish()
-            for t in (self.receiver, self.logger):
+            for t in (self.receiver, *self.round_receivers, self.logger):
                 if t.is_alive():
                     t.stop()
                     t.join()
@@ -558,13 +576,20 @@ def _execute(jobdir: Path, role, batches, setup: _Setup) -> JobResult:
         return JobResult("sandbox-error", launch.start_error)
     rc, timed_out = launch.wait(setup.limits.wall_s)
     status, recs, result = job_result(launch, len(batches), rc, timed_out)
+    _fill_batches(result, launch.out, role, batches, recs, rc)
+    return result
+
+
+def _fill_batches(result: JobResult, out: Path, role: str, batches, recs: list, rc) -> None:
+    """The batch outcomes from the job's records (re-validated); a job that stopped early
+    or lost a batch is an error."""
     outcomes = []
     for i, batch in enumerate(batches):
         rec = recs[i] if i < len(recs) else None
         if rec is None:
             outcomes.append(BatchOutcome(False, None))
             continue
-        outcome = (_validate_attack(launch.out, i, batch, rec) if role == "attack"
+        outcome = (_validate_attack(out, i, batch, rec) if role == "attack"
                    else _validate_defense(batch, rec))
         outcome.forward_calls = rec.get("forward_calls", 0)
         outcome.backward_calls = rec.get("backward_calls", 0)
@@ -583,7 +608,6 @@ def _execute(jobdir: Path, role, batches, setup: _Setup) -> JobResult:
             result.status = "error"
             result.error = (f"{len(bad)} of {len(outcomes)} batches failed; "
                             f"batch {bad[0][0]}: {bad[0][1].error}")[:4000]
-    return result
 
 
 def job_result(launch: Launch, n_batches: int, rc, timed_out: bool) -> tuple[dict, list, JobResult]:
@@ -666,3 +690,135 @@ def run_defense_job(plugin: PluginSpec, model_path, batches, *, device="cpu",
     return _run_job("defense", plugin, model_path, batches, per_batch, device=device,
                     limits=limits or SandboxLimits(), trusted=trusted, seed=seed, effort=effort,
                     workdir=workdir)
+
+
+# ---- the rounds of one defense on one model
+
+def failed_as_a_whole(result: JobResult) -> bool:
+    """No batch answered: the plugin did not load, hung or crashed before its first batch
+    (its later rounds would fail the same way)."""
+    return result.status != "ok" and not any(b.ok for b in result.batches)
+
+
+def run_defense_rounds(plugin: PluginSpec, model_path, rounds: list[list], *, device="cpu",
+                       limits: SandboxLimits | None = None, trusted=False, seed=0, workdir=None,
+                       effort="full") -> list[JobResult]:
+    """Transcribe every round's batches, each round in a process of its own that sees only
+    its own audio; one JobResult per round. After a round fails as a whole the later ones
+    are not run and carry its failure. Where the sandbox maps an unprivileged user (the
+    harness is root), one zygote process forks the rounds (zygote.py: torch imported and
+    the model loaded once); otherwise each round is a sandbox job of its own."""
+    limits = limits or SandboxLimits()
+    setup = _Setup("defense", plugin, limits, trusted, device)
+    if setup.error:
+        return [JobResult("error", setup.error) for _ in rounds]
+    if setup.trusted or not setup.map_uid or not rounds:
+        results: list[JobResult] = []
+        for batches in rounds:
+            if results and failed_as_a_whole(results[-1]):
+                results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
+                continue
+            results.append(run_defense_job(plugin, model_path, batches, device=device, limits=limits,
+                                           trusted=trusted, seed=seed, workdir=workdir, effort=effort))
+        return results
+    jobdir = new_jobdir(workdir)
+    try:
+        job = {**setup.job("rounds", plugin, device, seed, effort, 0), "n_rounds": len(rounds),
+               "round_wall_s": float(setup.limits.wall_s)}
+        _prepare_rounds(jobdir, Path(plugin.folder).resolve(), Path(model_path).resolve(), rounds, job)
+        return _execute_rounds(jobdir, rounds, setup)
+    finally:
+        if not remove_tree(jobdir):
+            warnings.warn(f"could not remove the job folder {jobdir}", stacklevel=2)
+
+
+def _prepare_rounds(jobdir: Path, submission_dir: Path, model_path: Path, rounds: list[list],
+                    job: dict) -> None:
+    """The shared input as for one job; each round's batches in files only the sandbox's
+    root (the zygote's child, before it drops privileges) can read."""
+    _prepare(jobdir, submission_dir, model_path, [], [], job)
+    inp = jobdir / "input"
+    (inp / "batches.safetensors").unlink()
+    for k, batches in enumerate(rounds):
+        tensors = {}
+        for i, b in enumerate(batches):
+            tensors[f"wave_{i}"] = b.wave.detach().to("cpu").float().clone()
+            tensors[f"lengths_{i}"] = b.lengths.detach().to("cpu").long().clone()
+        for name in (f"round-{k}.safetensors", f"round-{k}.json"):
+            fd = os.open(inp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        save_file(tensors, str(inp / f"round-{k}.safetensors"))
+        (inp / f"round-{k}.json").write_text(json.dumps([{"ids": list(b.ids)} for b in batches]))
+
+
+def _execute_rounds(jobdir: Path, rounds: list[list], setup: _Setup) -> list[JobResult]:
+    n = len(rounds)
+    caps = {"status.json": MAX_STATUS_BYTES, **{f"round-{k}.json": 4096 for k in range(n)}}
+    launch = Launch(jobdir, caps, setup, rounds=n)
+    if launch.start_error:
+        return [JobResult("sandbox-error", launch.start_error) for _ in rounds]
+    # each round has its wall limit inside (the zygote kills it); this bounds the whole
+    rc, timed_out = launch.wait(setup.limits.wall_s * n + 60)
+    _, _, whole = job_result(launch, 0, rc, timed_out)
+    results = []
+    for k, batches in enumerate(rounds):
+        if results and failed_as_a_whole(results[-1]):
+            results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
+            continue
+        results.append(_round_result(launch, k, batches, whole, rc))
+    # the zygote's own start-up (torch, the model) is paid once: count it on the first round
+    if results:
+        results[0].startup_s += whole.startup_s
+    return results
+
+
+def _round_record(out: Path, k: int) -> dict | None:
+    path = out / f"round-{k}.json"
+    try:
+        rec = parse_untrusted_json(path.read_bytes()) if path.is_file() else None
+    except (UntrustedJSONError, OSError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobResult:
+    rec = _round_record(launch.out, k)
+    out = launch.out / f"round-{k}"
+    status, status_error = _read_status(out, len(batches))
+    receiver = launch.round_receivers[k]
+    seconds = rec.get("seconds") if rec else None
+    seconds = float(seconds) if isinstance(seconds, (int, float)) and 0 <= seconds <= launch.wall else 0.0
+    loaded, started = status.get("loaded_at"), status.get("started_at")
+    number = (int, float)
+    startup = loaded - started if isinstance(loaded, number) and isinstance(started, number) else 0.0
+    result = JobResult("ok", None, [], wall_s=seconds, startup_s=startup if 0 <= startup <= seconds else 0.0,
+                       log=whole.log, peak_memory_mb=whole.peak_memory_mb, limits_via=whole.limits_via)
+    failure = None
+    if rec is None or not rec.get("ran"):
+        if whole.status != "ok":
+            failure = (whole.status, whole.error)
+        elif rec is not None:
+            failure = ("timeout", f"not run: round {rec.get('after')} of this defense reached the "
+                                  f"wall-clock limit of {launch.setup.limits.wall_s:g} s")
+        else:
+            failure = ("error", f"the zygote stopped before round {k} ({_exit_text(rc)})")
+    elif rec.get("timed_out"):
+        failure = ("timeout", f"wall-clock limit of {launch.setup.limits.wall_s:g} s reached; "
+                              "the round was killed")
+    elif receiver.error:
+        failure = ("error", f"the round's output was refused: {receiver.error}; the job was killed")
+    elif status_error:
+        failure = ("error", f"the round's {status_error}")
+    elif not status:
+        failure = ("error", f"the round died before reporting (exit {rec.get('rc')}): "
+                            f"{whole.log.strip()[-800:]}")
+    elif status.get("load_error"):
+        failure = ("error", f"plugin failed to load: {status['load_error']}"[:4000])
+    elif whole.status != "ok" and not status.get("done"):
+        failure = (whole.status, whole.error)
+    if failure:
+        result.status, result.error = failure
+    _fill_batches(result, out, "defense", batches, status.get("batches", []), rc)
+    result.forward_calls = sum(b.forward_calls for b in result.batches)
+    result.backward_calls = sum(b.backward_calls for b in result.batches)
+    return result

@@ -1,4 +1,4 @@
-"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR FD [REQUEST_FD]`.
+"""Runs inside the sandbox: `python -m arena.sandbox.worker JOBDIR FD [REQUEST_FD|- [ROUND_FDS]]`.
 
 JOBDIR/input (read-only): job.json, batches.safetensors, model.safetensors, submission/.
 Output goes as frames over the pipe FD (channel.py): status.json (sent again after every
@@ -6,6 +6,8 @@ batch) and result-<i>.safetensors (attacks: {"adv": tensor}) for each finished b
 The "purify" role (the adaptive evaluation) instead answers requests read from REQUEST_FD:
 request-<k> {"wave", "lengths"} -> purified-<k>.safetensors {"wave": defense.purify(...)},
 after a ready.json saying which of purify/transcribe the defense overrides.
+The "rounds" role is a zygote (zygote.py): one child per defense round, each answering on
+its own pipe (ROUND_FDS, comma-separated).
 The harness trusts none of it: it caps and re-validates everything it receives.
 """
 from __future__ import annotations
@@ -89,10 +91,13 @@ def serve_purify(plugin, fd: int, request_fd: int, seed: int, status: dict, repo
     return 0
 
 
-def main(jobdir: str, fd: int, request_fd: int | None = None) -> int:
+def main(jobdir: str, fd: int, request_fd: int | None = None,
+         round_fds: list[int] | None = None) -> int:
     inp = os.path.join(jobdir, "input")
     with open(os.path.join(inp, "job.json")) as f:
         job = json.load(f)
+    if round_fds is not None:   # the zygote: round k's results go to round_fds[k]
+        job["rounds"] = [{"fd": n} for n in round_fds]
     status = {"started_at": T0, "loaded_at": None, "load_s": None, "load_error": None,
               "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
               "tmp_capped": False}
@@ -110,24 +115,24 @@ def main(jobdir: str, fd: int, request_fd: int | None = None) -> int:
     threads = int(job.get("threads", 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     torch.set_num_threads(threads)
+    device = job.get("device", "cpu")
     try:
-        from arena.core.audio import AudioBatch
-        from arena.core.budget import Budget
         from arena.plugins.api import TargetModel
-        from arena.plugins.loader import load_plugin
         from arena.zoo.registry import load_model
 
-        device = job.get("device", "cpu")
         model = TargetModel(load_model(os.path.join(inp, "model.safetensors"), device=device), device)
+        if job["role"] == "rounds":   # a zygote: never imports submission code itself
+            from arena.sandbox.zygote import serve_rounds
+
+            return serve_rounds(job, inp, model, fd, status, report)
         tensors = load_file(os.path.join(inp, "batches.safetensors"))
         if job.get("drop_uid") is not None:
             _drop_privileges(int(job["drop_uid"]))
         # -------- from here on, submission code runs (unprivileged)
-        plugin = load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
-                             job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
+        plugin = load_submission(inp, job)
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         report()
@@ -139,7 +144,28 @@ def main(jobdir: str, fd: int, request_fd: int | None = None) -> int:
     role, seed = job["role"], int(job.get("seed", 0))
     if role == "purify":
         return serve_purify(plugin, fd, request_fd, seed, status, report)
-    for i, meta in enumerate(job["batches"]):
+    run_batches(plugin, model, role, job["batches"], tensors, seed, device, fd, status, report)
+    return 0
+
+
+def load_submission(inp: str, job: dict):
+    from arena.plugins.loader import load_plugin
+
+    return load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
+                       job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
+
+
+def run_batches(plugin, model, role: str, metas: list[dict], tensors: dict, seed: int, device: str,
+                fd: int, status: dict, report) -> None:
+    """Run the plugin on every batch: attacks send result-<i>.safetensors, defenses put
+    their transcripts in status.json (sent after every batch), which ends with done."""
+    import torch
+    from safetensors.torch import save
+
+    from arena.core.audio import AudioBatch
+    from arena.core.budget import Budget
+
+    for i, meta in enumerate(metas):
         t = time.time()
         rec = {"ok": False, "error": None, "seconds": None}
         calls_before = model.forward_calls, model.backward_calls
@@ -172,11 +198,12 @@ def main(jobdir: str, fd: int, request_fd: int | None = None) -> int:
         report()
     status["done"] = True
     report()
-    return 0
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    args = sys.argv[1:] + ["-", ""][len(sys.argv) - 3:]
+    code = main(args[0], int(args[1]), None if args[2] == "-" else int(args[2]),
+                [int(n) for n in args[3].split(",")] if args[3] else None)
     # everything is reported: skip interpreter teardown (torch's takes 0.4-1 s per job)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -31,7 +31,7 @@ import numpy as np
 
 from arena.plugins.spec import submission_files
 from arena.score.executor import Outcome
-from arena.score.plan import AdaptiveJob, AttackJob, DefenseRound
+from arena.score.plan import AdaptiveJob, AttackJob, DefenseGroup
 from arena.submissions.entries import Entry
 from arena.submissions.manifest import content_hash
 
@@ -73,7 +73,7 @@ def unpack_submission(files: list[tuple[str, bytes | None]], dest: Path) -> Path
 def _entry_of(job) -> Entry | None:
     if isinstance(job, AttackJob):
         return job.attack
-    if isinstance(job, (DefenseRound, AdaptiveJob)):
+    if isinstance(job, (DefenseGroup, AdaptiveJob)):
         return job.defense   # an adaptive job serves the defense's purify from its sandbox
     return None
 

@@ -1,6 +1,7 @@
-"""Running one job of the plan: attack, adaptive attack, defense round or transfer. Each function takes the
-job and what it needs by value and returns its results; none touches the store, so the same
-function runs in a local thread or on a Ray worker and gives the same cells.
+"""Running one job of the plan: attack, adaptive attack, a defense's rounds or transfer. Each
+function takes the job and what it needs by value and returns its results; none touches the
+store, so the same function runs in a local thread or on a Ray worker and gives the same
+cells.
 
 Failure policy: a failed attack batch gets the clean audio (no credit) and an error on the
 cell; a failed defense batch scores WER 1.0 on its utterances and an error; so does a defense
@@ -17,7 +18,7 @@ from arena.asr.metrics import edit_counts
 from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
 from arena.core.budget import Budget
 from arena.data.batching import length_batches
-from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_job
+from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_rounds
 from arena.sandbox.serve import PurifyError, PurifyServer
 from arena.score.adaptive import ADAPTIVE_ATTACK, Reference, attack_batch, is_random, oracle_transcripts
 from arena.score.enforce import enforce_budget, rounded_snr
@@ -26,7 +27,6 @@ from arena.score.plan import (
     AttackJob,
     CellKind,
     DefenseGroup,
-    DefenseRound,
     Grid,
     TransferJob,
 )
@@ -214,22 +214,32 @@ def oracle_label(purify: bool | None, transcribe: bool | None) -> str:
 
 
 # ------------------------------------------------------------------ defenses
-def run_defense_round(job: DefenseRound, grid: Grid, ctx: RunContext) -> JobOutput:
-    """One anonymous round in the sandbox; answers by the names the defense saw."""
-    names = [item.name for item in job.items]
-    plan = _batches(grid, job.waves, names)
-    result = run_defense_job(job.defense.spec, job.model.path, [b for _, b in plan],
-                             device=ctx.device, trusted=ctx.trusted, seed=grid.seed,
-                             effort=grid.profile.effort, limits=ctx.limits())
+def run_defense_group(group: DefenseGroup, grid: Grid, ctx: RunContext) -> JobOutput:
+    """Every anonymous round of one (defense, model), each in a sandboxed process of its
+    own; then the group's cells (answers mapped back from the names the defense saw)."""
+    plans = [_batches(grid, r.waves, [item.name for item in r.items]) for r in group.rounds]
+    results = run_defense_rounds(group.defense.spec, group.model.path,
+                                 [[b for _, b in plan] for plan in plans], device=ctx.device,
+                                 trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort,
+                                 limits=ctx.limits())
     out = JobOutput()
-    _sandbox_output(result, out, f"defense {job.name}")
-    for b, (_, batch) in enumerate(plan):
-        outcome = result.batches[b] if b < len(result.batches) else None
-        texts = outcome.transcripts if outcome is not None and outcome.ok else None
-        for row, name in enumerate(batch.ids):
-            out.answers[name] = texts[row] if texts is not None else None
-            if texts is None:
-                out.errors[name] = (outcome.error if outcome else None) or result.error or "no output"
+    outputs = []
+    for plan, result in zip(plans, results):
+        answered = JobOutput()
+        _sandbox_output(result, answered, f"defense {group.name}")
+        out.failure = out.failure or answered.failure   # one failure per group in the report
+        out.startup_s += answered.startup_s
+        out.wall_s += answered.wall_s
+        for b, (_, batch) in enumerate(plan):
+            outcome = result.batches[b] if b < len(result.batches) else None
+            texts = outcome.transcripts if outcome is not None and outcome.ok else None
+            for row, name in enumerate(batch.ids):
+                answered.answers[name] = texts[row] if texts is not None else None
+                if texts is None:
+                    why = outcome.error if outcome else None
+                    answered.errors[name] = why or result.error or "no output"
+        outputs.append(answered)
+    out.cells = defense_cells(group, outputs, grid)
     return out
 
 
@@ -307,15 +317,15 @@ def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     return out
 
 
-def execute(job: AttackJob | AdaptiveJob | DefenseRound | TransferJob, grid: Grid,
+def execute(job: AttackJob | AdaptiveJob | DefenseGroup | TransferJob, grid: Grid,
             ctx: RunContext) -> JobOutput:
     """Run any job of the plan (what an executor calls)."""
     if isinstance(job, AttackJob):
         return run_attack(job, grid, ctx)
     if isinstance(job, AdaptiveJob):
         return run_adaptive(job, grid, ctx)
-    if isinstance(job, DefenseRound):
-        return run_defense_round(job, grid, ctx)
+    if isinstance(job, DefenseGroup):
+        return run_defense_group(job, grid, ctx)
     return run_transfer(job, grid, ctx)
 
 

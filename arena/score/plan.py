@@ -146,26 +146,23 @@ class InputSet:
 
 @dataclass
 class DefenseRound:
-    """One sandbox process: one anonymous round of a defense on one model."""
-    defense: Entry
-    model: TargetSpec
-    group: str                     # the (defense, model) group the round belongs to
+    """One anonymous round of a defense: a process of its own sees only these items."""
     items: list[RoundItem]
     waves: list[np.ndarray] = field(default_factory=list)   # aligned with items, see load
+
+
+@dataclass
+class DefenseGroup:
+    """One job: the rounds of one (defense, model) and the cells they complete together."""
+    defense: Entry
+    model: TargetSpec
+    sets: list[InputSet]
+    rounds: list[DefenseRound] = field(default_factory=list)
     kind: JobKind = JobKind.DEFENSE
 
     @property
     def name(self) -> str:
         return f"{self.defense.name} on {self.model.name}"
-
-
-@dataclass
-class DefenseGroup:
-    """The rounds of one (defense, model) and the cells they complete together."""
-    defense: Entry
-    model: TargetSpec
-    sets: list[InputSet]
-    rounds: list[DefenseRound] = field(default_factory=list)
 
     def load_audio(self, grid: Grid, store: ResultsStore) -> None:
         """Read the sets' audio and hand each round its waves (just before it runs, so only
@@ -174,6 +171,8 @@ class DefenseGroup:
             s.load_audio(grid, store)
         for r in self.rounds:
             r.waves = [self.sets[i.version].waves[i.uid] for i in r.items]
+        for s in self.sets:
+            s.waves = {}
 
 
 @dataclass
@@ -309,9 +308,7 @@ def _with_rounds(group: DefenseGroup) -> DefenseGroup:
     for v, s in enumerate(group.sets):
         for uid in s.ids:
             versions.setdefault(uid, []).append(v)
-    tag = f"{group.defense.name}/{group.model.name}"
-    group.rounds = [DefenseRound(group.defense, group.model, tag, items)
-                    for items in assign_rounds(versions)]
+    group.rounds = [DefenseRound(items) for items in assign_rounds(versions)]
     return group
 
 

@@ -14,12 +14,11 @@ from arena.core import paths
 from arena.core.hashing import sha256_file
 from arena.score.adaptive import REFERENCE
 from arena.score.executor import Executor, LocalExecutor
-from arena.score.jobs import Cell, JobOutput, RunContext, defense_cells, execute
+from arena.score.jobs import Cell, JobOutput, RunContext, execute
 from arena.score.plan import (
     AdaptiveJob,
     AttackJob,
     DefenseGroup,
-    DefenseRound,
     Grid,
     TargetSpec,
     TransferJob,
@@ -94,8 +93,6 @@ class Driver:
                  report: ScoreReport, progress: JobProgress):
         self.grid, self.store, self.ctx, self.executor = grid, store, ctx, executor
         self.report, self.progress = report, progress
-        self.groups: dict[str, tuple[DefenseGroup, dict[int, JobOutput]]] = {}
-        self.failed_groups: dict[str, str] = {}
 
     def phase(self, jobs: list) -> None:
         # what the executor runs is store-free and picklable (a Ray worker runs it too)
@@ -104,34 +101,21 @@ class Driver:
             self._finished(job, out, error)
 
     def _startable(self, jobs: list):
-        """The jobs as the executor takes them (when a slot is free): marked started, and a
-        round whose defense already failed as a whole answered here without running."""
-        for job in self._prepared(jobs):
-            if isinstance(job, DefenseRound) and job.group not in self.groups:
-                continue  # its group was abandoned (a harness error); the next run redoes it
+        """The jobs as the executor takes them (when a slot is free): audio loaded, marked
+        started."""
+        for job in jobs:
+            if isinstance(job, (DefenseGroup, TransferJob)):
+                job.load_audio(self.grid, self.store)
             self.progress.started(job.name)
-            failed = self.failed_groups.get(job.group) if isinstance(job, DefenseRound) else None
-            if failed is not None:
-                # the defense failed as a whole in an earlier round (load error, timeout): its
-                # other rounds would too; they score WER 1.0 without running (only it loses)
-                self._finished(job, JobOutput(errors={i.name: failed for i in job.items}), None)
-                continue
             yield job
 
     def _finished(self, job, out: JobOutput | None, error: BaseException | None) -> None:
         self.progress.finished(job.name)
+        if isinstance(job, DefenseGroup):
+            for r in job.rounds:
+                r.waves = []
         if error is not None or out is None:  # a harness bug or a lost node must not lose the rest
             self._harness_error(job, error or RuntimeError("the job returned nothing"))
-            return
-        if isinstance(job, DefenseRound) and job.group not in self.groups:
-            return  # a round of an abandoned group, still in flight when it was abandoned
-        if isinstance(job, DefenseRound):
-            if out.failure and job.group in self.failed_groups:
-                out.failure = None  # one failure per defense group in the report
-            elif out.failure and _whole_job_failed(out):
-                self.failed_groups[job.group] = out.failure
-            self.report.account(out)
-            self._round_done(job, out)
             return
         self.report.account(out)
         if not isinstance(job, (AttackJob, AdaptiveJob)) or job.record:
@@ -141,45 +125,14 @@ class Driver:
                 if cell.waves is not None:
                     self.store.write_waves(cell.key, cell.waves)
 
-    def _prepared(self, jobs: list):
-        for job in jobs:
-            if isinstance(job, DefenseGroup):
-                job.load_audio(self.grid, self.store)
-                self.groups[job.rounds[0].group] = (job, {})
-                yield from job.rounds
-                for s in job.sets:
-                    s.waves = {}
-            else:
-                if isinstance(job, TransferJob):
-                    job.load_audio(self.grid, self.store)
-                yield job
-
-    def _round_done(self, job: DefenseRound, out: JobOutput) -> None:
-        group, outputs = self.groups[job.group]
-        outputs[group.rounds.index(job)] = out
-        if len(outputs) == len(group.rounds):
-            ordered = [outputs[i] for i in range(len(group.rounds))]
-            self._record(defense_cells(group, ordered, self.grid))
-            del self.groups[job.group]
-
     def _record(self, cells: list[Cell]) -> None:
         for cell in cells:
             self.report.computed += write_cell(self.store, cell)
 
     def _harness_error(self, job, error: BaseException) -> None:
-        if isinstance(job, DefenseRound):
-            group, _ = self.groups.pop(job.group, (None, None))
-            keys = _keys_of(group) if group else []
-        else:
-            keys = _keys_of(job)
-        for key in keys:
-            self.store.release(key)
+        for key in _keys_of(job):
+            self.store.release(key)   # the next run redoes them
         self.report.failed_jobs.append(f"{job.name}: harness error: {type(error).__name__}: {error}")
-
-
-def _whole_job_failed(out: JobOutput) -> bool:
-    """No item answered: the plugin did not load, hung or crashed before its first batch."""
-    return bool(out.errors) and not any(v is not None for v in out.answers.values())
 
 
 def target_specs(names: list[str] | None = None) -> list[TargetSpec]:
@@ -219,7 +172,7 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
         groups, reused_d = plan_defenses(grid, store)
         transfers, reused_t = plan_transfer(grid, store)
         report.reused += reused_d + reused_t
-        progress.add(sum(len(g.rounds) for g in groups) + len(transfers), "defenses and transfer")
+        progress.add(len(groups) + len(transfers), "defenses and transfer")
         driver.phase([*groups, *transfers])
     report.seconds = time.time() - t0
     store.set_meta("last_run_report", report.as_meta())

@@ -1,0 +1,147 @@
+"""The rounds of one defense run as children of one zygote (arena/sandbox/zygote.py), in the
+real sandbox: the same answers as one sandbox job per round, start-up paid once, and
+nothing a round leaves behind (files, processes, sockets, kernel keys, the other rounds'
+input) reaches a later round.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arena.core.audio import AudioBatch
+from arena.sandbox import bwrap
+from arena.sandbox.jobs import SandboxLimits, run_defense_job, run_defense_rounds
+from arena.submissions.manifest import plugin_spec
+from arena.zoo import registry
+from tests.test_score_run import _sub
+
+pytestmark = pytest.mark.skipif(bwrap.probe() is not None or not bwrap.as_root(),
+                                reason="the zygote runs where the sandbox maps a user (as root)")
+
+ECHO = '''
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        return [f"{float(batch.wave[i, : int(batch.lengths[i])].sum()):.4f}"
+                for i in range(len(batch.ids))]
+'''
+
+# looks for what an earlier round may have left, then leaves all of it itself
+COVERT = '''
+import ctypes, glob, os, socket, time
+from arena import Defense
+
+libc = ctypes.CDLL(None, use_errno=True)
+KEY = b"arena-covert"
+
+def found():
+    out = []
+    for path in ("/tmp/arena-covert", "/dev/shm/arena-covert"):
+        if os.path.exists(path):
+            out.append(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect("\\0arena-covert")
+        out.append("socket")
+    except OSError:
+        pass
+    s.close()
+    if libc.syscall(250, 10, ctypes.c_int(-4), b"user", KEY, 0) > 0:   # keyctl search @u
+        out.append("key")
+    for name in glob.glob("/sandbox/input/round-*"):
+        try:
+            open(name, "rb").read(1)
+            out.append("input:" + os.path.basename(name))
+        except OSError:
+            pass
+    return out
+
+def plant():
+    out = []
+    for path in ("/tmp/arena-covert", "/dev/shm/arena-covert"):
+        with open(path, "w") as f:
+            f.write("round")
+        out.append(path)
+    if libc.syscall(248, b"user", KEY, b"x", 1, ctypes.c_int(-4)) > 0:   # add_key to @u
+        out.append("key")
+    r, w = os.pipe()
+    if os.fork() == 0:   # a daemon holding an abstract socket
+        os.setsid()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind("\\0arena-covert")
+        s.listen(1)
+        os.write(w, b"1")
+        time.sleep(600)
+        os._exit(0)
+    if os.read(r, 1) == b"1":
+        out.append("socket")
+    return out
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        text = "found=" + ",".join(found()) + " planted=" + ",".join(plant())
+        return [text] * len(batch.ids)
+'''
+
+HANGS_ON_PAIRS = '''
+import time
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        if len(batch.ids) == 2:
+            time.sleep(600)
+        return ["x"] * len(batch.ids)
+'''
+
+
+def _rounds(sizes: list[int]) -> list[list[AudioBatch]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for k, n in enumerate(sizes):
+        wave = torch.randn(n, 8000, generator=g) * 0.05
+        out.append([AudioBatch(ids=[f"r{k}-{i}" for i in range(n)], wave=wave,
+                               lengths=torch.full((n,), 8000))])
+    return out
+
+
+def _spec(tmp_path, code: str):
+    _sub(tmp_path, "rounds", "defense", code)
+    return plugin_spec(tmp_path / "rounds")
+
+
+def test_rounds_in_one_zygote_answer_as_separate_jobs_and_start_once(tmp_path):
+    spec, model = _spec(tmp_path, ECHO), registry.resolve("dense")
+    rounds = _rounds([2, 1, 2, 1])
+    together = run_defense_rounds(spec, model, rounds)
+    apart = [run_defense_job(spec, model, r) for r in rounds]
+    assert [r.status for r in together] == ["ok"] * 4, [r.error for r in together]
+    assert [[b.transcripts for b in r.batches] for r in together] == \
+        [[b.transcripts for b in r.batches] for r in apart]
+    # torch and the model are loaded once, by the zygote; each round only forks
+    assert together[0].startup_s > 0.3
+    assert all(r.startup_s < 0.3 for r in together[1:]), [r.startup_s for r in together]
+
+
+def test_nothing_a_round_leaves_reaches_a_later_round(tmp_path):
+    spec, model = _spec(tmp_path, COVERT), registry.resolve("dense")
+    results = run_defense_rounds(spec, model, _rounds([1, 1, 1]))
+    texts = [r.batches[0].transcripts[0] if r.batches and r.batches[0].ok else r.error
+             for r in results]
+    for text in texts:
+        # every round planted files, a key and a daemon's socket, and found none of them
+        assert text == "found= planted=/tmp/arena-covert,/dev/shm/arena-covert,key,socket", texts
+
+
+def test_a_hanging_round_is_killed_and_the_rest_are_not_run(tmp_path):
+    import time
+
+    spec, model = _spec(tmp_path, HANGS_ON_PAIRS), registry.resolve("dense")
+    t0 = time.time()
+    results = run_defense_rounds(spec, model, _rounds([1, 2, 1]), limits=SandboxLimits(wall_s=4))
+    assert time.time() - t0 < 40
+    assert results[0].status == "ok" and results[0].batches[0].transcripts == ["x"]
+    assert results[1].status == "timeout" and "killed" in results[1].error
+    # failed as a whole: the defense hangs, so its later rounds carry that failure unrun
+    assert results[2].status == "timeout" and results[2].wall_s == 0.0
