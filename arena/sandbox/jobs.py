@@ -705,14 +705,15 @@ def run_defense_rounds(plugin: PluginSpec, model_path, rounds: list[list], *, de
                        effort="full") -> list[JobResult]:
     """Transcribe every round's batches, each round in a process of its own that sees only
     its own audio; one JobResult per round. After a round fails as a whole the later ones
-    are not run and carry its failure. Where the sandbox maps an unprivileged user (the
-    harness is root), one zygote process forks the rounds (zygote.py: torch imported and
-    the model loaded once); otherwise each round is a sandbox job of its own."""
+    are not run and carry its failure. On the CPU where the sandbox maps an unprivileged
+    user (the harness is root), one zygote process forks the rounds (zygote.py: torch
+    imported and the model loaded once); otherwise each round is a sandbox job of its own
+    (CUDA does not survive a fork)."""
     limits = limits or SandboxLimits()
     setup = _Setup("defense", plugin, limits, trusted, device)
     if setup.error:
         return [JobResult("error", setup.error) for _ in rounds]
-    if setup.trusted or not setup.map_uid or not rounds:
+    if setup.trusted or not setup.map_uid or setup.gpu or not rounds:
         results: list[JobResult] = []
         for batches in rounds:
             if results and failed_as_a_whole(results[-1]):
