@@ -145,3 +145,31 @@ def test_a_hanging_round_is_killed_and_the_rest_are_not_run(tmp_path):
     assert results[1].status == "timeout" and "killed" in results[1].error
     # failed as a whole: the defense hangs, so its later rounds carry that failure unrun
     assert results[2].status == "timeout" and results[2].wall_s == 0.0
+
+
+FORGES_ISOLATION = '''
+import json, os
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        status = json.dumps({"isolation_error": "forged", "batches": []}).encode()
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                os.write(int(name), b"status.json %d\\n" % len(status) + status)
+            except OSError:
+                pass
+        os._exit(5)
+'''
+
+
+def test_a_round_cannot_claim_its_namespaces_failed(tmp_path):
+    """Only the zygote's keeper says whether a round's namespaces held (a refused kernel
+    sends every round to a sandbox of its own): a plugin saying so is its own failure."""
+    from arena.sandbox import jobs
+
+    spec, model = _spec(tmp_path, FORGES_ISOLATION), registry.resolve("dense")
+    results = run_defense_rounds(spec, model, _rounds([1, 1]))
+    assert [r.status for r in results] == ["error", "error"], [r.error for r in results]
+    assert results[1].wall_s == 0.0            # not run: failed as a whole in round 0
+    assert jobs._zygote_works == [True]

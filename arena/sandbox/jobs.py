@@ -713,24 +713,38 @@ def run_defense_rounds(plugin: PluginSpec, model_path, rounds: list[list], *, de
     setup = _Setup("defense", plugin, limits, trusted, device)
     if setup.error:
         return [JobResult("error", setup.error) for _ in rounds]
-    if setup.trusted or not setup.map_uid or setup.gpu or not rounds:
-        results: list[JobResult] = []
-        for batches in rounds:
-            if results and failed_as_a_whole(results[-1]):
-                results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
-                continue
-            results.append(run_defense_job(plugin, model_path, batches, device=device, limits=limits,
-                                           trusted=trusted, seed=seed, workdir=workdir, effort=effort))
-        return results
+    apart = dict(device=device, limits=limits, trusted=trusted, seed=seed, workdir=workdir,
+                 effort=effort)
+    if setup.trusted or not setup.map_uid or setup.gpu or not rounds or not _zygote_works[0]:
+        return _rounds_apart(plugin, model_path, rounds, apart)
     jobdir = new_jobdir(workdir)
     try:
         job = {**setup.job("rounds", plugin, device, seed, effort, 0), "n_rounds": len(rounds),
                "round_wall_s": float(setup.limits.wall_s)}
         _prepare_rounds(jobdir, Path(plugin.folder).resolve(), Path(model_path).resolve(), rounds, job)
-        return _execute_rounds(jobdir, rounds, setup)
+        results = _execute_rounds(jobdir, rounds, setup)
     finally:
         if not remove_tree(jobdir):
             warnings.warn(f"could not remove the job folder {jobdir}", stacklevel=2)
+    refused = next((r.error for r in results if r.status == "isolation"), None)
+    if refused is not None:   # the kernel refused a round's namespaces: never the defense's fault
+        _zygote_works[0] = False
+        warnings.warn(f"defense rounds run as separate sandbox jobs: {refused}", stacklevel=2)
+        return _rounds_apart(plugin, model_path, rounds, apart)
+    return results
+
+
+_zygote_works = [True]   # until a kernel refuses a round's namespaces (then for the process)
+
+
+def _rounds_apart(plugin: PluginSpec, model_path, rounds: list[list], options: dict) -> list[JobResult]:
+    results: list[JobResult] = []
+    for batches in rounds:
+        if results and failed_as_a_whole(results[-1]):
+            results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
+            continue
+        results.append(run_defense_job(plugin, model_path, batches, **options))
+    return results
 
 
 def _prepare_rounds(jobdir: Path, submission_dir: Path, model_path: Path, rounds: list[list],
@@ -806,6 +820,10 @@ def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobR
     elif rec.get("timed_out"):
         failure = ("timeout", f"wall-clock limit of {launch.setup.limits.wall_s:g} s reached; "
                               "the round was killed")
+    elif rec.get("isolated") is False:   # the zygote's word (a plugin cannot forge it)
+        why = status.get("isolation_error")
+        failure = ("isolation", "the round's namespaces were refused: "
+                                + (why if isinstance(why, str) else "the round stopped before them"))
     elif receiver.error:
         failure = ("error", f"the round's output was refused: {receiver.error}; the job was killed")
     elif status_error:

@@ -92,8 +92,9 @@ def _own_user_namespace(uid: int, gid: int) -> None:
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
 
 
-def _child(k: int, job: dict, inp: str, model, all_fds: list[int]) -> int:
-    """One round, in the forked child. Returns the exit status (never raises)."""
+def _child(k: int, job: dict, inp: str, model, all_fds: list[int], isolated_fd: int) -> int:
+    """One round, in the forked child. Returns the exit status (never raises). A byte on
+    `isolated_fd` (closed before any submission code) tells the keeper the namespaces held."""
     from arena.sandbox.worker import _drop_privileges, _tail, load_submission, run_batches
 
     rnd = job["rounds"][k]
@@ -112,15 +113,22 @@ def _child(k: int, job: dict, inp: str, model, all_fds: list[int]) -> int:
     try:
         from safetensors.torch import load_file
 
-        status["proc_private"] = _isolate(job.get("cap_tmp"))
-        status["tmp_capped"] = bool(job.get("cap_tmp"))
         with open(os.path.join(inp, f"round-{k}.json")) as f:
             metas = json.load(f)
         tensors = load_file(os.path.join(inp, f"round-{k}.safetensors"))
-        os.chdir("/tmp")
-        uid = int(job["drop_uid"])
-        _drop_privileges(uid)
-        _own_user_namespace(uid, uid)
+        try:
+            status["proc_private"] = _isolate(job.get("cap_tmp"))
+            status["tmp_capped"] = bool(job.get("cap_tmp"))
+            os.chdir("/tmp")
+            uid = int(job["drop_uid"])
+            _drop_privileges(uid)
+            _own_user_namespace(uid, uid)
+        except OSError as e:   # this kernel does not allow it: the harness runs rounds apart
+            status["isolation_error"] = str(e)[:500]
+            report()
+            return 5
+        os.write(isolated_fd, b"1")
+        os.close(isolated_fd)
         # -------- from here on, submission code runs (unprivileged, in its own namespaces)
         plugin = load_submission(inp, job)
     except BaseException as e:  # noqa: BLE001 - reported, never raised
@@ -164,18 +172,27 @@ def _run_round(k: int, job: dict, inp: str, model, all_fds: list[int]) -> dict:
         code = 4
         try:
             os.close(report_r)
+            isolated_r, isolated_w = os.pipe()
             _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
             pid = os.fork()
             if pid == 0:
                 os.close(report_w)
+                os.close(isolated_r)
                 try:
-                    code = _child(k, job, inp, model, all_fds)
+                    code = _child(k, job, inp, model, all_fds, isolated_w)
                 finally:
                     os._exit(code)
+            os.close(isolated_w)
             for n in all_fds:
                 os.close(n)
             rc, timed_out = _wait(pid, float(job["round_wall_s"]))
-            os.write(report_w, json.dumps({"rc": rc, "timed_out": timed_out}).encode())
+            os.set_blocking(isolated_r, False)
+            try:
+                isolated = os.read(isolated_r, 1) == b"1"
+            except BlockingIOError:
+                isolated = False
+            os.write(report_w, json.dumps({"rc": rc, "timed_out": timed_out,
+                                           "isolated": isolated}).encode())
             code = 0
         finally:
             os._exit(code)
