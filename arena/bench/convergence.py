@@ -19,6 +19,7 @@ from arena.core.audio import AudioBatch, pad_waves
 from arena.core.budget import Budget
 from arena.data.batching import AudioSet, length_batches
 from arena.data.corpus import ensure_split
+from arena.leaderboard.formulas import Resampler, interval
 from arena.plugins.api import TargetModel
 from arena.plugins.loader import load_reference
 from arena.zoo.registry import load_model
@@ -34,12 +35,13 @@ def load_baseline(name: str):
     return module, getattr(module, entry.split(":")[1])
 
 
-def bootstrap_mean_ci(values: np.ndarray, weights: np.ndarray, n: int = 1000, seed: int = 0):
-    """95% interval of sum(values) / sum(weights) over utterances resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    stats = values[idx].sum(1) / np.maximum(weights[idx].sum(1), 1)
-    return float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))
+def delta_ci(ids: list[str], delta: np.ndarray, words: np.ndarray) -> tuple[float | None, float | None]:
+    """95% interval of sum(delta) / sum(words), utterances resampled as the board does."""
+    rs = Resampler(ids)
+    where = [rs.pos[u] for u in ids]
+    num, den = np.zeros(len(rs.ids)), np.zeros(len(rs.ids))
+    num[where], den[where] = delta, words
+    return interval(rs.rates(num[:, None], den[:, None])[:, 0])
 
 
 def word_errors(net, data: AudioSet, waves) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +81,7 @@ def convergence(attack: str = "apgd", steps=(25, 50, 100, 200), n: int = 32, bud
     for s in steps:
         t0 = time.time()
         errs, _ = word_errors(net, data, run_attack(cls, s, net, data, b, batch_seconds, seed))
-        lo, hi = bootstrap_mean_ci(errs - clean_errs, words)
+        lo, hi = delta_ci(list(data.ids), errs - clean_errs, words)
         points.append(dict(steps=s, delta_wer=float((errs - clean_errs).sum() / words.sum()),
                            ci_low=lo, ci_high=hi, seconds=round(time.time() - t0, 1)))
     by_steps = {p["steps"]: p["delta_wer"] for p in points}
