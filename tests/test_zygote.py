@@ -29,7 +29,7 @@ class P(Defense):
 
 # looks for what an earlier round may have left, then leaves all of it itself
 COVERT = '''
-import ctypes, glob, os, socket, time
+import ctypes, fcntl, glob, os, socket, time
 from arena import Defense
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,6 +55,14 @@ def found():
             out.append("input:" + os.path.basename(name))
         except OSError:
             pass
+    with open("/proc/net/dev") as f:   # loopback traffic of an earlier round
+        lo = [line.split() for line in f if line.strip().startswith("lo:")]
+    if lo and int(lo[0][1]) > 0:
+        out.append("loopback")
+    if fcntl.fcntl(0, fcntl.F_GETFL) & os.O_APPEND:   # flags of a shared open file
+        out.append("stdin-flags")
+    if libc.unshare(0x10000000) == 0:   # a user namespace (with capabilities) of its own
+        out.append("userns")
     return out
 
 def plant():
@@ -76,6 +84,10 @@ def plant():
         os._exit(0)
     if os.read(r, 1) == b"1":
         out.append("socket")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"x" * 1000, ("127.0.0.1", 40000))
+    u.close()
+    fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_APPEND)
     return out
 
 class P(Defense):
@@ -130,7 +142,8 @@ def test_nothing_a_round_leaves_reaches_a_later_round(tmp_path):
     texts = [r.batches[0].transcripts[0] if r.batches and r.batches[0].ok else r.error
              for r in results]
     for text in texts:
-        # every round planted files, a key and a daemon's socket, and found none of them
+        # every round planted files, a key, a daemon's socket, loopback traffic and a flag on
+        # its stdin, and found none of them (nor a way to a user namespace of its own)
         assert text == "found= planted=/tmp/arena-covert,/dev/shm/arena-covert,key,socket", texts
 
 
@@ -173,3 +186,30 @@ def test_a_round_cannot_claim_its_namespaces_failed(tmp_path):
     assert [r.status for r in results] == ["error", "error"], [r.error for r in results]
     assert results[1].wall_s == 0.0            # not run: failed as a whole in round 0
     assert jobs._zygote_works == [True]
+
+
+SPINS_IN_THREE_PROCESSES = '''
+import os, time
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        for _ in range(2):
+            if os.fork() == 0:
+                while True:
+                    pass
+        t = time.time()
+        while time.time() - t < 60:
+            pass
+        return ["done"] * len(batch.ids)
+'''
+
+
+def test_a_rounds_cpu_limit_counts_all_its_processes(tmp_path):
+    """The job's cgroup allows every round's share; each round is held to its own, however
+    many processes it spreads over (rlimits alone count one process)."""
+    spec, model = _spec(tmp_path, SPINS_IN_THREE_PROCESSES), registry.resolve("dense")
+    results = run_defense_rounds(spec, model, _rounds([1, 1]), limits=SandboxLimits(cpu_s=6, wall_s=40))
+    assert results[0].status == "error" and "CPU time limit of 6 s" in results[0].error
+    assert results[0].wall_s < 30          # 6 CPU seconds over 3 processes
+    assert results[1].status == "error" and results[1].wall_s == 0.0

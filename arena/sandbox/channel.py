@@ -33,6 +33,18 @@ def send(fd: int, name: str, data: bytes) -> None:
         view = view[n:]
 
 
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor above 2 not in `keep` (what a sandboxed process inherited by
+    accident, e.g. bwrap's own pipes, must not be shared with anything else)."""
+    for name in os.listdir("/proc/self/fd"):
+        n = int(name)
+        if n > 2 and n not in keep:
+            try:
+                os.close(n)
+            except OSError:
+                pass   # the listing's own descriptor, closed already
+
+
 def recv(fd: int) -> tuple[str, bytes] | None:
     """Read one frame written by `send` (the worker reading the harness's requests, so the
     sender is trusted); None at EOF."""

@@ -720,7 +720,7 @@ def run_defense_rounds(plugin: PluginSpec, model_path, rounds: list[list], *, de
     jobdir = new_jobdir(workdir)
     try:
         job = {**setup.job("rounds", plugin, device, seed, effort, 0), "n_rounds": len(rounds),
-               "round_wall_s": float(setup.limits.wall_s)}
+               "round_wall_s": float(setup.limits.wall_s), "round_cpu_s": float(setup.limits.cpu_s)}
         _prepare_rounds(jobdir, Path(plugin.folder).resolve(), Path(model_path).resolve(), rounds, job)
         results = _execute_rounds(jobdir, rounds, setup)
     finally:
@@ -813,13 +813,16 @@ def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobR
         if whole.status != "ok":
             failure = (whole.status, whole.error)
         elif rec is not None:
-            failure = ("timeout", f"not run: round {rec.get('after')} of this defense reached the "
-                                  f"wall-clock limit of {launch.setup.limits.wall_s:g} s")
+            failure = ("timeout", f"not run: round {rec.get('after')} of this defense was killed "
+                                  "at a limit")
         else:
             failure = ("error", f"the zygote stopped before round {k} ({_exit_text(rc)})")
     elif rec.get("timed_out"):
         failure = ("timeout", f"wall-clock limit of {launch.setup.limits.wall_s:g} s reached; "
                               "the round was killed")
+    elif rec.get("over_cpu"):
+        failure = ("error", f"CPU time limit of {launch.setup.limits.cpu_s:g} s reached (all the "
+                            "round's processes); the round was killed")
     elif rec.get("isolated") is False:   # the zygote's word (a plugin cannot forge it)
         why = status.get("isolation_error")
         failure = ("isolation", "the round's namespaces were refused: "

@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from arena.sandbox.channel import recv, send
+from arena.sandbox.channel import close_fds_except, recv, send
 from arena.sandbox.control import FILES_SLACK
 
 T0 = time.time()
@@ -98,6 +98,7 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
         job = json.load(f)
     if round_fds is not None:   # the zygote: round k's results go to round_fds[k]
         job["rounds"] = [{"fd": n} for n in round_fds]
+    close_fds_except({fd, *([request_fd] if request_fd is not None else []), *(round_fds or [])})
     status = {"started_at": T0, "loaded_at": None, "load_s": None, "load_error": None,
               "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
               "tmp_capped": False}
@@ -131,6 +132,9 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
         tensors = load_file(os.path.join(inp, "batches.safetensors"))
         if job.get("drop_uid") is not None:
             _drop_privileges(int(job["drop_uid"]))
+        from arena.sandbox.zygote import new_session_keyring
+
+        new_session_keyring()
         # -------- from here on, submission code runs (unprivileged)
         plugin = load_submission(inp, job)
     except BaseException as e:  # noqa: BLE001 - reported, never raised

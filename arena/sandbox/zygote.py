@@ -3,36 +3,52 @@
 Python and torch take most of a sandbox job's start-up, and a defense is run in many short
 anonymous rounds (arena/score/anonymise.py). So one sandbox process (this zygote: harness
 code only, running as the sandbox's root) imports torch and loads the model once, and
-forks a child per round. The zygote never imports submission code and never reads a
-round's input: each child, before it runs any submission code,
+for each round forks a keeper, which forks the round's child. The zygote never imports
+submission code, never reads a round's input and holds nothing of a finished round (the
+keeper reports on the zygote's pipe and exits 0, or 1 after a time-out). The child,
+before it runs any submission code,
   - is PID 1 of a new PID namespace (when it exits, everything it started dies with it),
-  - enters new mount and IPC namespaces with a fresh, capped tmpfs on /tmp and /dev/shm
-    and a /proc that shows only its own namespace,
+  - enters new mount, IPC, network (loopback only) and UTS namespaces, with a fresh,
+    capped tmpfs on /tmp and /dev/shm and a /proc that shows only its own namespace,
   - reads its own round's input (files only root can read: no round sees another's audio),
-  - closes every other round's result pipe and the zygote's,
-  - becomes the unprivileged user, then enters a new user namespace of its own (its user
-    keyring, key names and anything else the kernel keeps per user namespace start empty)
+  - gets a fresh stdin (/dev/null), stdout/stderr on a pipe of its own (the keeper copies
+    a capped amount to the job's log), an anonymous session keyring, and closes every
+    other file descriptor (other rounds' pipes, the zygote's),
+  - becomes the unprivileged user, then enters a user namespace of its own (its user
+    keyring and key names start empty) where it may create no further user namespace,
     with every capability dropped.
-So nothing a round leaves (files, processes, shared memory, keys) reaches a later round,
-as with one sandbox per round. The zygote waits for each child under the round's wall
-limit and reports, on its own pipe, how each ended (`round-<k>.json`). After a round times
-out, the rest are not run (the defense hangs: it fails as a whole, as the harness scores
-it). The harness still enforces the whole job's limits from outside.
+So nothing a round leaves (files, processes, sockets, shared memory, keys, open-file
+flags) reaches a later round, as with one sandbox per round. The keeper kills the round at
+its wall-clock limit or when the CPU time of the round's processes passes the per-job
+limit. After a round is killed, the rest are not run (the defense fails as a whole, as the
+harness scores it). The harness still enforces the whole job's limits from outside.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import platform
+import select
 import signal
+import socket
+import struct
 import time
 
-from arena.sandbox.channel import send
+from arena.sandbox.channel import close_fds_except, send
+from arena.sandbox.control import _cpu_ticks, _tree
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUSER = 0x20000, 0x8000000, 0x20000000, 0x10000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+ROUND_LOG_BYTES = 64 * 1024   # of a round's stdout/stderr copied to the job's log
+TIMED_OUT, OVER_CPU = 1, 2    # the keeper's exit status
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -57,26 +73,43 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
                        flags, data.encode() if data else None), f"mount {target}")
 
 
-def _isolate(cap_tmp: dict | None) -> bool:
-    """New mount and IPC namespaces, fresh /tmp and /dev/shm; True when /proc was
-    remounted for the child's own PID namespace."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(mount, ipc)")
+def new_session_keyring() -> None:
+    """An anonymous session keyring of its own: whatever keyring the harness was started
+    with (a container's, a login's) is out of reach. Where keyctl is refused (a seccomp
+    filter), it is refused to the submission too."""
+    if SYS_KEYCTL is not None:
+        _libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
+
+
+def _isolate(cap_tmp: dict | None) -> None:
+    """New mount, IPC, network and UTS namespaces; fresh /tmp, /dev/shm and /proc."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS),
+           "unshare(mount, ipc, net, uts)")
     _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
     opts = "mode=1777"
     if cap_tmp:
         opts += f",size={int(cap_tmp['bytes'])},nr_inodes={int(cap_tmp['files']) + 64}"
     for path in ("/tmp", "/dev/shm"):
         _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    try:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        return True
-    except OSError:
-        return False   # the sandbox's /proc stays: it shows the zygote, owned by root
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # loopback up, as bwrap does
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+
+
+def _fresh_fds(keep: set[int], log_fd: int) -> None:
+    """stdin from a new /dev/null, stdout and stderr to the round's own log pipe, every
+    other descriptor except `keep` closed (none is shared with another round)."""
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    close_fds_except(keep)
 
 
 def _own_user_namespace(uid: int, gid: int) -> None:
-    """As the unprivileged user: a user namespace of its own, mapping only itself, with no
-    capability left in it (a new namespace's creator holds them all)."""
+    """As the unprivileged user: a user namespace of its own, mapping only itself, in which
+    no further user namespace can be made, with no capability left in it (a new
+    namespace's creator holds them all)."""
     _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
     # a credential change made the process non-dumpable, which gives its /proc files to
     # root: dumpable again just to write its own maps
@@ -86,26 +119,24 @@ def _own_user_namespace(uid: int, gid: int) -> None:
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(dumpable)")
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:   # as bwrap's --disable-userns
+        f.write("0")
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
 
 
-def _child(k: int, job: dict, inp: str, model, all_fds: list[int], isolated_fd: int) -> int:
+def _child(k: int, job: dict, inp: str, model, log_fd: int, isolated_fd: int) -> int:
     """One round, in the forked child. Returns the exit status (never raises). A byte on
     `isolated_fd` (closed before any submission code) tells the keeper the namespaces held."""
     from arena.sandbox.worker import _drop_privileges, _tail, load_submission, run_batches
 
-    rnd = job["rounds"][k]
-    fd = int(rnd["fd"])
-    for other in all_fds:
-        if other != fd:
-            os.close(other)
+    fd = int(job["rounds"][k]["fd"])
     t0 = time.time()
     status = {"started_at": t0, "loaded_at": None, "load_s": None, "load_error": None,
               "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
-              "tmp_capped": False, "proc_private": False}
+              "tmp_capped": bool(job.get("cap_tmp"))}
 
     def report() -> None:
         send(fd, "status.json", json.dumps(status).encode())
@@ -113,15 +144,16 @@ def _child(k: int, job: dict, inp: str, model, all_fds: list[int], isolated_fd: 
     try:
         from safetensors.torch import load_file
 
+        _fresh_fds({fd, isolated_fd}, log_fd)
         with open(os.path.join(inp, f"round-{k}.json")) as f:
             metas = json.load(f)
         tensors = load_file(os.path.join(inp, f"round-{k}.safetensors"))
         try:
-            status["proc_private"] = _isolate(job.get("cap_tmp"))
-            status["tmp_capped"] = bool(job.get("cap_tmp"))
+            _isolate(job.get("cap_tmp"))
             os.chdir("/tmp")
             uid = int(job["drop_uid"])
             _drop_privileges(uid)
+            new_session_keyring()
             _own_user_namespace(uid, uid)
         except OSError as e:   # this kernel does not allow it: the harness runs rounds apart
             status["isolation_error"] = str(e)[:500]
@@ -144,86 +176,100 @@ def _child(k: int, job: dict, inp: str, model, all_fds: list[int], isolated_fd: 
     return 0
 
 
-def _wait(pid: int, wall_s: float) -> tuple[int | None, bool]:
-    """(exit status, timed out); the child is killed at the deadline (as PID 1 of its
-    namespace, everything it started goes with it)."""
-    deadline = time.monotonic() + wall_s
-    delay = 0.005
+def _cpu_s(pid: int) -> float:
+    return sum(_cpu_ticks(p) for p in _tree(pid)) / os.sysconf("SC_CLK_TCK")
+
+
+def _watch(pid: int, log_r: int, wall_s: float, cpu_s: float) -> tuple[int | None, int]:
+    """Wait for the round's child, copying its log; (exit status, 0 | TIMED_OUT | OVER_CPU).
+    The child is killed at a limit (as PID 1 of its namespace, all it started goes too)."""
+    deadline, next_cpu = time.monotonic() + wall_s, time.monotonic() + 0.2
+    copied = 0
     while True:
+        if log_r >= 0 and select.select([log_r], [], [], 0.05)[0]:
+            chunk = os.read(log_r, 1 << 16)
+            if not chunk:
+                os.close(log_r)
+                log_r = -1
+            elif copied < ROUND_LOG_BYTES:
+                os.write(1, chunk[:ROUND_LOG_BYTES - copied])
+                copied += len(chunk)
+        elif log_r < 0:
+            time.sleep(0.05)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), False
-        if time.monotonic() >= deadline:
+            return os.waitstatus_to_exitcode(status), 0
+        now = time.monotonic()
+        why = TIMED_OUT if now >= deadline else 0
+        if not why and now >= next_cpu:
+            next_cpu = now + 0.2
+            why = OVER_CPU if _cpu_s(pid) > cpu_s else 0
+        if why:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return None, True
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+            return None, why
 
 
-def _run_round(k: int, job: dict, inp: str, model, all_fds: list[int]) -> dict:
-    """Round k: a keeper process (harness code) makes a new PID namespace, forks the round's
-    child into it as PID 1 and waits for it under the wall limit (unshare(CLONE_NEWPID)
-    works once per process, hence a keeper per round)."""
+def _keeper(k: int, job: dict, inp: str, model, fd: int, open_fds: list[int]) -> int:
+    """Round k: make a new PID namespace, fork the round's child into it as PID 1, watch
+    it, report `round-<k>.json` on the zygote's pipe `fd` (unshare(CLONE_NEWPID) works once
+    per process, hence a keeper per round)."""
     t = time.time()
-    report_r, report_w = os.pipe()
-    keeper = os.fork()
-    if keeper == 0:
+    isolated_r, isolated_w = os.pipe()
+    log_r, log_w = os.pipe()
+    try:
+        _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
+    except OSError:   # this kernel does not allow it: the harness runs the rounds apart
+        send(fd, f"round-{k}.json", json.dumps({"ran": True, "rc": None, "isolated": False,
+                                                 "seconds": 0.0}).encode())
+        return 3
+    pid = os.fork()
+    if pid == 0:
         code = 4
         try:
-            os.close(report_r)
-            isolated_r, isolated_w = os.pipe()
-            _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
-            pid = os.fork()
-            if pid == 0:
-                os.close(report_w)
-                os.close(isolated_r)
-                try:
-                    code = _child(k, job, inp, model, all_fds, isolated_w)
-                finally:
-                    os._exit(code)
-            os.close(isolated_w)
-            for n in all_fds:
-                os.close(n)
-            rc, timed_out = _wait(pid, float(job["round_wall_s"]))
-            os.set_blocking(isolated_r, False)
-            try:
-                isolated = os.read(isolated_r, 1) == b"1"
-            except BlockingIOError:
-                isolated = False
-            os.write(report_w, json.dumps({"rc": rc, "timed_out": timed_out,
-                                           "isolated": isolated}).encode())
-            code = 0
+            code = _child(k, job, inp, model, log_w, isolated_w)
         finally:
             os._exit(code)
-    os.close(report_w)
-    with os.fdopen(report_r, "rb") as f:
-        data = f.read(4096)
-    os.waitpid(keeper, 0)
+    os.close(isolated_w)
+    os.close(log_w)
+    for n in open_fds:
+        if n != fd:
+            os.close(n)
+    rc, why = _watch(pid, log_r, float(job["round_wall_s"]), float(job["round_cpu_s"]))
+    os.set_blocking(isolated_r, False)
     try:
-        rec = json.loads(data)
-    except ValueError:
-        rec = {"rc": None, "timed_out": False, "keeper_error": True}
-    return {"ran": True, **rec, "seconds": time.time() - t}
+        isolated = os.read(isolated_r, 1) == b"1"
+    except BlockingIOError:
+        isolated = False
+    send(fd, f"round-{k}.json", json.dumps({
+        "ran": True, "rc": rc, "timed_out": why == TIMED_OUT, "over_cpu": why == OVER_CPU,
+        "isolated": isolated, "seconds": time.time() - t}).encode())
+    return why
 
 
 def serve_rounds(job: dict, inp: str, model, fd: int, status: dict, report) -> int:
-    """The zygote: one child per round, in order; `round-<k>.json` on the zygote's own pipe
-    says how each ended."""
+    """The zygote: a keeper per round, in order; after a round is killed at a limit the
+    rest are reported as not run."""
     fds = [int(r["fd"]) for r in job["rounds"]]
     status["loaded_at"] = time.time()
     status["load_s"] = status["loaded_at"] - status["started_at"]
     report()
     stopped = None
-    for k in range(len(job["rounds"])):
+    for k in range(len(fds)):
         if stopped is None:
-            rec = _run_round(k, job, inp, model, [fd, *fds[k:]])   # the pipes still open
-            if rec["timed_out"]:
+            keeper = os.fork()
+            if keeper == 0:
+                code = 4
+                try:
+                    code = _keeper(k, job, inp, model, fd, fds[k:])
+                finally:
+                    os._exit(code)
+            _, wait_status = os.waitpid(keeper, 0)
+            if os.waitstatus_to_exitcode(wait_status) != 0:
                 stopped = k
         else:
-            rec = {"ran": False, "after": stopped}
+            send(fd, f"round-{k}.json", json.dumps({"ran": False, "after": stopped}).encode())
         os.close(fds[k])    # the round's child held the only other write end: EOF now
-        send(fd, f"round-{k}.json", json.dumps(rec).encode())
     status["done"] = True
     report()
     return 0
