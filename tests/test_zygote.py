@@ -213,3 +213,31 @@ def test_a_rounds_cpu_limit_counts_all_its_processes(tmp_path):
     assert results[0].status == "error" and "CPU time limit of 6 s" in results[0].error
     assert results[0].wall_s < 30          # 6 CPU seconds over 3 processes
     assert results[1].status == "error" and results[1].wall_s == 0.0
+
+
+LOOKS_FOR_SESSION_KEY = '''
+import ctypes
+from arena import Defense
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        found = libc.syscall(250, 10, ctypes.c_int(-3), b"user", b"harness-secret", 0) > 0
+        return ["found" if found else "none"] * len(batch.ids)
+'''
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="keyctl number of x86_64")
+def test_a_job_never_holds_the_harness_session_keyring(tmp_path):
+    """A harness started with a session keyring (a container's, a login's) keeps it: every
+    job, a plain one or a zygote's round, joins an anonymous one before submission code."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(250, 1, b"arena-test-session") > 0          # join a named session keyring
+    assert libc.syscall(248, b"user", b"harness-secret", b"x", 1, ctypes.c_int(-3)) > 0
+    spec, model = _spec(tmp_path, LOOKS_FOR_SESSION_KEY), registry.resolve("dense")
+    plain = run_defense_job(spec, model, _rounds([1])[0])
+    rounds = run_defense_rounds(spec, model, _rounds([1, 1]))
+    assert [r.batches[0].transcripts for r in [plain, *rounds]] == [["none"]] * 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import sys
 import time
 import traceback
@@ -24,6 +25,8 @@ from arena.sandbox.control import FILES_SLACK
 
 T0 = time.time()
 MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 WRITABLE = ("/tmp", "/dev/shm")   # the sandbox's only writable places (bwrap.build_command)
 
 
@@ -47,6 +50,14 @@ def _cap_writable(size_bytes: int, max_files: int) -> bool:
         ok &= libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV,
                          opts.encode()) == 0
     return ok
+
+
+def new_session_keyring() -> None:
+    """An anonymous session keyring of its own: whatever keyring the harness was started
+    with (a container's, a login's) is out of reach. Where keyctl is refused (a seccomp
+    filter), it is refused to the submission too."""
+    if SYS_KEYCTL is not None:
+        ctypes.CDLL(None, use_errno=True).syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
 
 
 def _drop_privileges(uid: int) -> None:
@@ -99,9 +110,7 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
     if round_fds is not None:   # the zygote: round k's results go to round_fds[k]
         job["rounds"] = [{"fd": n} for n in round_fds]
     close_fds_except({fd, *([request_fd] if request_fd is not None else []), *(round_fds or [])})
-    status = {"started_at": T0, "loaded_at": None, "load_s": None, "load_error": None,
-              "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
-              "tmp_capped": False}
+    status = fresh_status(T0)
 
     def report() -> None:
         send(fd, "status.json", json.dumps(status).encode())
@@ -132,19 +141,15 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
         tensors = load_file(os.path.join(inp, "batches.safetensors"))
         if job.get("drop_uid") is not None:
             _drop_privileges(int(job["drop_uid"]))
-        from arena.sandbox.zygote import new_session_keyring
-
         new_session_keyring()
-        # -------- from here on, submission code runs (unprivileged)
-        plugin = load_submission(inp, job)
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         report()
         return 3
-    status["loaded_at"] = time.time()
-    status["load_s"] = status["loaded_at"] - T0
-    report()
-
+    # -------- from here on, submission code runs (unprivileged)
+    plugin = load_reported(inp, job, status, report)
+    if plugin is None:
+        return 3
     role, seed = job["role"], int(job.get("seed", 0))
     if role == "purify":
         return serve_purify(plugin, fd, request_fd, seed, status, report)
@@ -152,11 +157,32 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
     return 0
 
 
-def load_submission(inp: str, job: dict):
+def fresh_status(started_at: float) -> dict:
+    """What status.json holds before anything ran."""
+    return {"started_at": started_at, "loaded_at": None, "load_s": None, "load_error": None,
+            "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
+            "tmp_capped": False}
+
+
+def mark_loaded(status: dict, report) -> None:
+    status["loaded_at"] = time.time()
+    status["load_s"] = status["loaded_at"] - status["started_at"]
+    report()
+
+
+def load_reported(inp: str, job: dict, status: dict, report):
+    """The submission's plugin (status says loaded), or None (status says why not)."""
     from arena.plugins.loader import load_plugin
 
-    return load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
-                       job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
+    try:
+        plugin = load_plugin(os.path.join(inp, "submission"), job["module"], job["class_name"],
+                             job["track"], job.get("effort", "full"), int(job.get("seed", 0)))
+    except BaseException as e:  # noqa: BLE001 - reported, never raised
+        status["load_error"] = _tail(e)
+        report()
+        return None
+    mark_loaded(status, report)
+    return plugin
 
 
 def run_batches(plugin, model, role: str, metas: list[dict], tensors: dict, seed: int, device: str,

@@ -29,7 +29,6 @@ import ctypes
 import fcntl
 import json
 import os
-import platform
 import select
 import signal
 import socket
@@ -38,14 +37,21 @@ import time
 
 from arena.sandbox.channel import close_fds_except, send
 from arena.sandbox.control import _cpu_ticks, _tree
+from arena.sandbox.worker import (
+    _drop_privileges,
+    _tail,
+    fresh_status,
+    load_reported,
+    mark_loaded,
+    new_session_keyring,
+    run_batches,
+)
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
-KEYCTL_JOIN_SESSION_KEYRING = 1
-SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 ROUND_LOG_BYTES = 64 * 1024   # of a round's stdout/stderr copied to the job's log
 TIMED_OUT, OVER_CPU = 1, 2    # the keeper's exit status
@@ -71,14 +77,6 @@ def _check(rc: int, what: str) -> None:
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
     _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
                        flags, data.encode() if data else None), f"mount {target}")
-
-
-def new_session_keyring() -> None:
-    """An anonymous session keyring of its own: whatever keyring the harness was started
-    with (a container's, a login's) is out of reach. Where keyctl is refused (a seccomp
-    filter), it is refused to the submission too."""
-    if SYS_KEYCTL is not None:
-        _libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
 
 
 def _isolate(cap_tmp: dict | None) -> None:
@@ -130,13 +128,9 @@ def _own_user_namespace(uid: int, gid: int) -> None:
 def _child(k: int, job: dict, inp: str, model, log_fd: int, isolated_fd: int) -> int:
     """One round, in the forked child. Returns the exit status (never raises). A byte on
     `isolated_fd` (closed before any submission code) tells the keeper the namespaces held."""
-    from arena.sandbox.worker import _drop_privileges, _tail, load_submission, run_batches
-
     fd = int(job["rounds"][k]["fd"])
     t0 = time.time()
-    status = {"started_at": t0, "loaded_at": None, "load_s": None, "load_error": None,
-              "batches": [], "forward_calls": 0, "backward_calls": 0, "done": False,
-              "tmp_capped": bool(job.get("cap_tmp"))}
+    status = {**fresh_status(t0), "tmp_capped": bool(job.get("cap_tmp"))}
 
     def report() -> None:
         send(fd, "status.json", json.dumps(status).encode())
@@ -161,15 +155,14 @@ def _child(k: int, job: dict, inp: str, model, log_fd: int, isolated_fd: int) ->
             return 5
         os.write(isolated_fd, b"1")
         os.close(isolated_fd)
-        # -------- from here on, submission code runs (unprivileged, in its own namespaces)
-        plugin = load_submission(inp, job)
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         report()
         return 3
-    status["loaded_at"] = time.time()
-    status["load_s"] = status["loaded_at"] - t0
-    report()
+    # -------- from here on, submission code runs (unprivileged, in its own namespaces)
+    plugin = load_reported(inp, job, status, report)
+    if plugin is None:
+        return 3
     model.forward_calls = model.backward_calls = 0
     run_batches(plugin, model, "defense", metas, tensors, int(job.get("seed", 0)),
                 job.get("device", "cpu"), fd, status, report)
@@ -251,9 +244,7 @@ def serve_rounds(job: dict, inp: str, model, fd: int, status: dict, report) -> i
     """The zygote: a keeper per round, in order; after a round is killed at a limit the
     rest are reported as not run."""
     fds = [int(r["fd"]) for r in job["rounds"]]
-    status["loaded_at"] = time.time()
-    status["load_s"] = status["loaded_at"] - status["started_at"]
-    report()
+    mark_loaded(status, report)
     stopped = None
     for k in range(len(fds)):
         if stopped is None:
