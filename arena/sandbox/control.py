@@ -176,6 +176,7 @@ class JobControl:
         self.groups: list[_Group] = []
         self.violation: str | None = None
         self.usage = Usage()
+        self._segment: tuple[float, float] | None = None   # (usage at its start, its budget)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._kill: Callable[[], None] = lambda: None
@@ -251,6 +252,11 @@ class JobControl:
             _write(g.file("cgroup.procs"), pid)
 
     # ---- watching
+    def limit_segment(self, cpu_s: float | None) -> None:
+        """From now on (None: no longer) the job may use at most `cpu_s` more CPU seconds:
+        one defense round of a zygote, measured like the whole job (cgroup, or /proc)."""
+        self._segment = None if cpu_s is None else (self.usage.cpu_s, float(cpu_s))
+
     def watch(self, root_pid: int, kill: Callable[[], None], inside_pid: int | None = None) -> None:
         """Poll the job's usage until finish(); on a violation record why and call kill()."""
         self._root_pid, self._kill, self._inside_pid = root_pid, kill, inside_pid
@@ -309,6 +315,10 @@ class JobControl:
         if u.cpu_s > self.cpu_s:
             return (f"CPU-time limit of {self.cpu_s:g} s for the whole job reached "
                     f"({u.cpu_s:.1f} s over all its processes); the job was killed")
+        segment = self._segment
+        if segment is not None and u.cpu_s - segment[0] > segment[1]:
+            return (f"CPU-time limit of {segment[1]:g} s for one round reached "
+                    f"({u.cpu_s - segment[0]:.1f} s over all its processes); the job was killed")
         # processes (the limit itself is pids.max or RLIMIT_NPROC; this only records the peak)
         if self.pids is not None:
             try:

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -33,6 +34,7 @@ from arena.plugins.spec import PluginSpec, submission_files
 from arena.sandbox import bwrap
 from arena.sandbox.channel import PipeReader, Receiver
 from arena.sandbox.control import TASK_SLACK, JobControl
+from arena.sandbox.zygote import ROUND_LOG_BYTES
 
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 32
@@ -473,7 +475,7 @@ class Launch:
         argv = bwrap.worker_argv()
         # CPU time: per process by rlimit; for the whole job, every round's share
         self.control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
-                                  max_tasks=int(limits.max_procs) + TASK_SLACK,
+                                  max_tasks=int(limits.max_procs) + TASK_SLACK + 2 * rounds,
                                   cpu_s=limits.cpu_s * max(1, rounds),
                                   max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
         rlimits = bwrap.make_preexec(limits, setup.gpu)
@@ -768,12 +770,20 @@ def _prepare_rounds(jobdir: Path, submission_dir: Path, model_path: Path, rounds
 
 def _execute_rounds(jobdir: Path, rounds: list[list], setup: _Setup) -> list[JobResult]:
     n = len(rounds)
-    caps = {"status.json": MAX_STATUS_BYTES, **{f"round-{k}.json": 4096 for k in range(n)}}
+    caps = {"status.json": MAX_STATUS_BYTES}
+    for k in range(n):
+        caps.update({f"round-{k}.start": 16, f"round-{k}.log": ROUND_LOG_BYTES + 1024,
+                     f"round-{k}.json": 4096})
     launch = Launch(jobdir, caps, setup, rounds=n)
     if launch.start_error:
         return [JobResult("sandbox-error", launch.start_error) for _ in rounds]
     # each round has its wall limit inside (the zygote kills it); this bounds the whole
-    rc, timed_out = launch.wait(setup.limits.wall_s * n + 60)
+    wall = setup.limits.wall_s * n + 60
+    guard = threading.Thread(target=_round_cpu_guard, args=(launch, n, time.monotonic() + wall),
+                             name="arena-round-cpu", daemon=True)
+    guard.start()
+    rc, timed_out = launch.wait(wall)
+    guard.join(timeout=5)
     _, _, whole = job_result(launch, 0, rc, timed_out)
     results = []
     for k, batches in enumerate(rounds):
@@ -785,6 +795,18 @@ def _execute_rounds(jobdir: Path, rounds: list[list], setup: _Setup) -> list[Job
     if results:
         results[0].startup_s += whole.startup_s
     return results
+
+
+def _round_cpu_guard(launch: Launch, n: int, deadline: float) -> None:
+    """Hold each round to the per-job CPU time through the job's own accounting (cgroup):
+    its budget opens when the keeper says the round starts and closes with its record. A
+    round over it stops the job (its later rounds would not run anyway)."""
+    for k in range(n):
+        if not launch.receiver.wait_for(f"round-{k}.start", deadline):
+            break
+        launch.control.limit_segment(launch.setup.limits.cpu_s)
+        launch.receiver.wait_for(f"round-{k}.json", deadline)
+        launch.control.limit_segment(None)
 
 
 def _round_record(out: Path, k: int) -> dict | None:
@@ -806,8 +828,10 @@ def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobR
     loaded, started = status.get("loaded_at"), status.get("started_at")
     number = (int, float)
     startup = loaded - started if isinstance(loaded, number) and isinstance(started, number) else 0.0
+    log_path = launch.out / f"round-{k}.log"
+    log = log_path.read_bytes().decode(errors="replace")[-4000:] if log_path.is_file() else ""
     result = JobResult("ok", None, [], wall_s=seconds, startup_s=startup if 0 <= startup <= seconds else 0.0,
-                       log=whole.log, peak_memory_mb=whole.peak_memory_mb, limits_via=whole.limits_via)
+                       log=log, peak_memory_mb=whole.peak_memory_mb, limits_via=whole.limits_via)
     failure = None
     if rec is None or not rec.get("ran"):
         if whole.status != "ok":
@@ -821,8 +845,8 @@ def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobR
         failure = ("timeout", f"wall-clock limit of {launch.setup.limits.wall_s:g} s reached; "
                               "the round was killed")
     elif rec.get("over_cpu"):
-        failure = ("error", f"CPU time limit of {launch.setup.limits.cpu_s:g} s reached (all the "
-                            "round's processes); the round was killed")
+        failure = ("error", f"CPU-time limit of {launch.setup.limits.cpu_s:g} s for one round "
+                            "reached (all its processes); the round was killed")
     elif rec.get("isolated") is False:   # the zygote's word (a plugin cannot forge it)
         why = status.get("isolation_error")
         failure = ("isolation", "the round's namespaces were refused: "
@@ -833,7 +857,7 @@ def _round_result(launch: Launch, k: int, batches, whole: JobResult, rc) -> JobR
         failure = ("error", f"the round's {status_error}")
     elif not status:
         failure = ("error", f"the round died before reporting (exit {rec.get('rc')}): "
-                            f"{whole.log.strip()[-800:]}")
+                            f"{log.strip()[-800:]}")
     elif status.get("load_error"):
         failure = ("error", f"plugin failed to load: {status['load_error']}"[:4000])
     elif whole.status != "ok" and not status.get("done"):

@@ -13,6 +13,7 @@ The harness trusts none of it: it caps and re-validates everything it receives.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import platform
@@ -54,10 +55,17 @@ def _cap_writable(size_bytes: int, max_files: int) -> bool:
 
 def new_session_keyring() -> None:
     """An anonymous session keyring of its own: whatever keyring the harness was started
-    with (a container's, a login's) is out of reach. Where keyctl is refused (a seccomp
-    filter), it is refused to the submission too."""
-    if SYS_KEYCTL is not None:
-        ctypes.CDLL(None, use_errno=True).syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
+    with (a container's, a login's) is out of reach. Called while still root, so that a
+    full key quota of the user every job runs as cannot make it fail; OSError if it does
+    fail (where keyctl is refused, by a seccomp filter, it is refused to the submission
+    too: nothing to leave)."""
+    if SYS_KEYCTL is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EPERM):
+            raise OSError(err, f"could not leave the harness's session keyring: {os.strerror(err)}")
 
 
 def _drop_privileges(uid: int) -> None:
@@ -139,9 +147,9 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
 
             return serve_rounds(job, inp, model, fd, status, report)
         tensors = load_file(os.path.join(inp, "batches.safetensors"))
+        new_session_keyring()
         if job.get("drop_uid") is not None:
             _drop_privileges(int(job["drop_uid"]))
-        new_session_keyring()
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         report()

@@ -3,25 +3,28 @@
 Python and torch take most of a sandbox job's start-up, and a defense is run in many short
 anonymous rounds (arena/score/anonymise.py). So one sandbox process (this zygote: harness
 code only, running as the sandbox's root) imports torch and loads the model once, and
-for each round forks a keeper, which forks the round's child. The zygote never imports
-submission code, never reads a round's input and holds nothing of a finished round (the
-keeper reports on the zygote's pipe and exits 0, or 1 after a time-out). The child,
-before it runs any submission code,
+forks a keeper per round, all before the first round runs; keeper k, when told, forks
+round k's child. The zygote never imports submission code, never reads a round's input,
+and no keeper holds anything of an earlier round (keepers report on the zygote's pipe and
+exit 0, or non-zero after a round was killed). The child, before it runs any submission
+code,
   - is PID 1 of a new PID namespace (when it exits, everything it started dies with it),
   - enters new mount, IPC, network (loopback only) and UTS namespaces, with a fresh,
     capped tmpfs on /tmp and /dev/shm and a /proc that shows only its own namespace,
   - reads its own round's input (files only root can read: no round sees another's audio),
-  - gets a fresh stdin (/dev/null), stdout/stderr on a pipe of its own (the keeper copies
-    a capped amount to the job's log), an anonymous session keyring, and closes every
-    other file descriptor (other rounds' pipes, the zygote's),
+  - gets a fresh stdin (/dev/null), stdout/stderr on a pipe of its own (the keeper sends
+    its head to the harness), an anonymous session keyring, and closes every other file
+    descriptor (other rounds' pipes, the zygote's),
   - becomes the unprivileged user, then enters a user namespace of its own (its user
     keyring and key names start empty) where it may create no further user namespace,
     with every capability dropped.
 So nothing a round leaves (files, processes, sockets, shared memory, keys, open-file
 flags) reaches a later round, as with one sandbox per round. The keeper kills the round at
 its wall-clock limit or when the CPU time of the round's processes passes the per-job
-limit. After a round is killed, the rest are not run (the defense fails as a whole, as the
-harness scores it). The harness still enforces the whole job's limits from outside.
+limit; the harness holds the round to that CPU time through the job's cgroup as well
+(`round-<k>.start` opens the round's budget), which no process trick evades. After a round
+is killed, the rest are not run (the defense fails as a whole, as the harness scores it).
+The harness still enforces the whole job's limits from outside.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-ROUND_LOG_BYTES = 64 * 1024   # of a round's stdout/stderr copied to the job's log
+ROUND_LOG_BYTES = 64 * 1024   # of a round's stdout/stderr kept for its error message
 TIMED_OUT, OVER_CPU = 1, 2    # the keeper's exit status
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -142,14 +145,19 @@ def _child(k: int, job: dict, inp: str, model, log_fd: int, isolated_fd: int) ->
         with open(os.path.join(inp, f"round-{k}.json")) as f:
             metas = json.load(f)
         tensors = load_file(os.path.join(inp, f"round-{k}.safetensors"))
+        uid = int(job["drop_uid"])
         try:
             _isolate(job.get("cap_tmp"))
             os.chdir("/tmp")
-            uid = int(job["drop_uid"])
-            _drop_privileges(uid)
-            new_session_keyring()
-            _own_user_namespace(uid, uid)
         except OSError as e:   # this kernel does not allow it: the harness runs rounds apart
+            status["isolation_error"] = str(e)[:500]
+            report()
+            return 5
+        new_session_keyring()    # as root: its quota is not the one all jobs' user shares
+        try:
+            _drop_privileges(uid)
+            _own_user_namespace(uid, uid)
+        except OSError as e:
             status["isolation_error"] = str(e)[:500]
             report()
             return 5
@@ -173,20 +181,19 @@ def _cpu_s(pid: int) -> float:
     return sum(_cpu_ticks(p) for p in _tree(pid)) / os.sysconf("SC_CLK_TCK")
 
 
-def _watch(pid: int, log_r: int, wall_s: float, cpu_s: float) -> tuple[int | None, int]:
-    """Wait for the round's child, copying its log; (exit status, 0 | TIMED_OUT | OVER_CPU).
-    The child is killed at a limit (as PID 1 of its namespace, all it started goes too)."""
+def _watch(pid: int, log_r: int, log: bytearray, wall_s: float, cpu_s: float) -> tuple[int | None, int]:
+    """Wait for the round's child, keeping the head of its log; (exit status, 0 | TIMED_OUT |
+    OVER_CPU). The child is killed at a limit (as PID 1 of its namespace, all it started
+    goes too). The harness also holds each round to its CPU time through the job's cgroup."""
     deadline, next_cpu = time.monotonic() + wall_s, time.monotonic() + 0.2
-    copied = 0
     while True:
         if log_r >= 0 and select.select([log_r], [], [], 0.05)[0]:
             chunk = os.read(log_r, 1 << 16)
             if not chunk:
                 os.close(log_r)
                 log_r = -1
-            elif copied < ROUND_LOG_BYTES:
-                os.write(1, chunk[:ROUND_LOG_BYTES - copied])
-                copied += len(chunk)
+            else:
+                log += chunk[:max(0, ROUND_LOG_BYTES - len(log))]
         elif log_r < 0:
             time.sleep(0.05)
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -203,10 +210,10 @@ def _watch(pid: int, log_r: int, wall_s: float, cpu_s: float) -> tuple[int | Non
             return None, why
 
 
-def _keeper(k: int, job: dict, inp: str, model, fd: int, open_fds: list[int]) -> int:
+def _keeper(k: int, job: dict, inp: str, model, fd: int) -> int:
     """Round k: make a new PID namespace, fork the round's child into it as PID 1, watch
-    it, report `round-<k>.json` on the zygote's pipe `fd` (unshare(CLONE_NEWPID) works once
-    per process, hence a keeper per round)."""
+    it, report `round-<k>.start`, `round-<k>.log` and `round-<k>.json` on the zygote's pipe
+    `fd` (unshare(CLONE_NEWPID) works once per process, hence a keeper per round)."""
     t = time.time()
     isolated_r, isolated_w = os.pipe()
     log_r, log_w = os.pipe()
@@ -216,6 +223,7 @@ def _keeper(k: int, job: dict, inp: str, model, fd: int, open_fds: list[int]) ->
         send(fd, f"round-{k}.json", json.dumps({"ran": True, "rc": None, "isolated": False,
                                                  "seconds": 0.0}).encode())
         return 3
+    send(fd, f"round-{k}.start", b"")
     pid = os.fork()
     if pid == 0:
         code = 4
@@ -225,15 +233,14 @@ def _keeper(k: int, job: dict, inp: str, model, fd: int, open_fds: list[int]) ->
             os._exit(code)
     os.close(isolated_w)
     os.close(log_w)
-    for n in open_fds:
-        if n != fd:
-            os.close(n)
-    rc, why = _watch(pid, log_r, float(job["round_wall_s"]), float(job["round_cpu_s"]))
+    log = bytearray()
+    rc, why = _watch(pid, log_r, log, float(job["round_wall_s"]), float(job["round_cpu_s"]))
     os.set_blocking(isolated_r, False)
     try:
         isolated = os.read(isolated_r, 1) == b"1"
     except BlockingIOError:
         isolated = False
+    send(fd, f"round-{k}.log", bytes(log))
     send(fd, f"round-{k}.json", json.dumps({
         "ran": True, "rc": rc, "timed_out": why == TIMED_OUT, "over_cpu": why == OVER_CPU,
         "isolated": isolated, "seconds": time.time() - t}).encode())
@@ -241,24 +248,41 @@ def _keeper(k: int, job: dict, inp: str, model, fd: int, open_fds: list[int]) ->
 
 
 def serve_rounds(job: dict, inp: str, model, fd: int, status: dict, report) -> int:
-    """The zygote: a keeper per round, in order; after a round is killed at a limit the
-    rest are reported as not run."""
+    """The zygote. Every keeper is forked before the first round runs, so no keeper, and no
+    round forked by one, holds anything of an earlier round (not even a process id, which
+    counts what earlier rounds started); keeper k waits for its go, in order. After a round
+    is killed at a limit the rest are reported as not run."""
     fds = [int(r["fd"]) for r in job["rounds"]]
     mark_loaded(status, report)
+    gos, keepers = [], []
+    for k in range(len(fds)):
+        go_r, go_w = os.pipe()
+        keeper = os.fork()
+        if keeper == 0:
+            code = 4
+            try:
+                for w in gos:
+                    os.close(w)
+                os.close(go_w)
+                for other in fds:
+                    if other != fds[k]:
+                        os.close(other)
+                code = _keeper(k, job, inp, model, fd) if os.read(go_r, 1) == b"1" else 0
+            finally:
+                os._exit(code)
+        os.close(go_r)
+        gos.append(go_w)
+        keepers.append(keeper)
     stopped = None
     for k in range(len(fds)):
         if stopped is None:
-            keeper = os.fork()
-            if keeper == 0:
-                code = 4
-                try:
-                    code = _keeper(k, job, inp, model, fd, fds[k:])
-                finally:
-                    os._exit(code)
-            _, wait_status = os.waitpid(keeper, 0)
-            if os.waitstatus_to_exitcode(wait_status) != 0:
+            os.write(gos[k], b"1")
+            os.close(gos[k])
+            if os.waitstatus_to_exitcode(os.waitpid(keepers[k], 0)[1]) != 0:
                 stopped = k
         else:
+            os.close(gos[k])            # the keeper reads no go and leaves
+            os.waitpid(keepers[k], 0)
             send(fd, f"round-{k}.json", json.dumps({"ran": False, "after": stopped}).encode())
         os.close(fds[k])    # the round's child held the only other write end: EOF now
     status["done"] = True
