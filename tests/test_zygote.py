@@ -251,3 +251,35 @@ def test_a_job_never_holds_the_harness_session_keyring(tmp_path):
     plain = run_defense_job(spec, model, _rounds([1])[0])
     rounds = run_defense_rounds(spec, model, _rounds([1, 1]))
     assert [r.batches[0].transcripts for r in [plain, *rounds]] == [["none"]] * 3
+
+
+def test_rounds_run_when_the_harness_itself_lies_under_tmp(tmp_path):
+    """bwrap binds a checkout or environment under the host's /tmp on top of the sandbox's
+    /tmp; each round's fresh /tmp keeps those binds (else the round could not import arena)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import arena
+
+    assert str(tmp_path).startswith("/tmp/")
+    shutil.copytree(Path(arena.__file__).parent, tmp_path / "code" / "arena",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    _sub(tmp_path, "rounds", "defense", ECHO)
+    script = f"""
+import arena, torch
+assert arena.__file__.startswith({str(tmp_path)!r}), arena.__file__
+from arena.core.audio import AudioBatch
+from arena.sandbox.jobs import run_defense_rounds
+from arena.submissions.manifest import plugin_spec
+batches = [[AudioBatch(ids=["a"], wave=torch.ones(1, 800) * 0.01, lengths=torch.tensor([800]))]] * 2
+spec = plugin_spec({str(tmp_path / "rounds")!r})
+out = run_defense_rounds(spec, {str(registry.resolve("dense"))!r}, batches)
+print([(r.status, r.error, [b.transcripts for b in r.batches]) for r in out])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "code")},
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[('ok', None, [['8.0000']]), ('ok', None, [['8.0000']])]", done.stdout

@@ -32,10 +32,12 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import socket
 import struct
+import tempfile
 import time
 
 from arena.sandbox.channel import close_fds_except, send
@@ -52,7 +54,7 @@ from arena.sandbox.worker import (
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 8, 0x2000, 0x4000, 0x40000
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -82,6 +84,44 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
                        flags, data.encode() if data else None), f"mount {target}")
 
 
+def _submounts(top: str) -> list[str]:
+    """Mount points directly on the mount at `top` (what bwrap bound into the sandbox's
+    /tmp: an environment or a checkout under the host's /tmp), from /proc/self/mountinfo."""
+    rows = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            rows.append((fields[0], fields[1], point))
+    ids = [mount_id for mount_id, _, point in rows if point == top]
+    if not ids:
+        return []
+    return [point for _, parent, point in rows if parent == ids[-1] and point.startswith(top + "/")]
+
+
+def _fresh_tmpfs(path: str, opts: str, hold: str | None) -> None:
+    """A new tmpfs on `path`; what was mounted on the old one is moved onto the new one (via
+    `hold`, a folder on another fresh tmpfs), so bound code stays where it was."""
+    moved = []
+    for i, point in enumerate(_submounts(path) if hold else []):
+        spot = os.path.join(hold, str(i))
+        if os.path.isdir(point):
+            os.mkdir(spot)
+        else:
+            open(spot, "w").close()
+        _mount(point, spot, None, MS_MOVE, None)
+        moved.append((point, spot))
+    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    for point, spot in moved:
+        if os.path.isdir(spot):
+            os.makedirs(point, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(point), mode=0o755, exist_ok=True)
+            open(point, "w").close()
+        _mount(spot, point, None, MS_MOVE, None)
+        (os.rmdir if os.path.isdir(spot) else os.unlink)(spot)
+
+
 def _isolate(cap_tmp: dict | None) -> None:
     """New mount, IPC, network and UTS namespaces; fresh /tmp, /dev/shm and /proc."""
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS),
@@ -90,8 +130,10 @@ def _isolate(cap_tmp: dict | None) -> None:
     opts = "mode=1777"
     if cap_tmp:
         opts += f",size={int(cap_tmp['bytes'])},nr_inodes={int(cap_tmp['files']) + 64}"
-    for path in ("/tmp", "/dev/shm"):
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    _fresh_tmpfs("/dev/shm", opts, None)
+    hold = tempfile.mkdtemp(dir="/dev/shm")
+    _fresh_tmpfs("/tmp", opts, hold)
+    os.rmdir(hold)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # loopback up, as bwrap does
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
