@@ -128,6 +128,15 @@ def _signal_name(rc: int) -> str:
     return name + hints.get(name, "")
 
 
+def batch_tensors(batches) -> dict:
+    """The batches as the worker reads them: wave_<i> (float32), lengths_<i> (int64)."""
+    tensors = {}
+    for i, b in enumerate(batches):
+        tensors[f"wave_{i}"] = b.wave.detach().to("cpu").float().clone()
+        tensors[f"lengths_{i}"] = b.lengths.detach().to("cpu").long().clone()
+    return tensors
+
+
 def _prepare(jobdir: Path, submission_dir: Path, model_path: Path, batches, per_batch: list[dict],
              job: dict) -> None:
     inp, out = jobdir / "input", jobdir / "output"
@@ -138,11 +147,7 @@ def _prepare(jobdir: Path, submission_dir: Path, model_path: Path, batches, per_
         os.link(model_path, inp / "model.safetensors")
     except OSError:
         shutil.copyfile(model_path, inp / "model.safetensors")
-    tensors = {}
-    for i, b in enumerate(batches):
-        tensors[f"wave_{i}"] = b.wave.detach().to("cpu").float().clone()
-        tensors[f"lengths_{i}"] = b.lengths.detach().to("cpu").long().clone()
-    save_file(tensors, str(inp / "batches.safetensors"))
+    save_file(batch_tensors(batches), str(inp / "batches.safetensors"))
     job = dict(job, batches=per_batch)
     (inp / "job.json").write_text(json.dumps(job))
     for p in (jobdir, inp, inp / "job.json", inp / "batches.safetensors"):
@@ -742,11 +747,15 @@ _zygote_works = [True]   # until a kernel refuses a round's namespaces (then for
 def _rounds_apart(plugin: PluginSpec, model_path, rounds: list[list], options: dict) -> list[JobResult]:
     results: list[JobResult] = []
     for batches in rounds:
-        if results and failed_as_a_whole(results[-1]):
-            results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
-            continue
-        results.append(run_defense_job(plugin, model_path, batches, **options))
+        results.append(_carried(results) or run_defense_job(plugin, model_path, batches, **options))
     return results
+
+
+def _carried(results: list[JobResult]) -> JobResult | None:
+    """The failure the next round carries unrun: the last round's, if it failed as a whole."""
+    if results and failed_as_a_whole(results[-1]):
+        return replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0)
+    return None
 
 
 def _prepare_rounds(jobdir: Path, submission_dir: Path, model_path: Path, rounds: list[list],
@@ -757,14 +766,10 @@ def _prepare_rounds(jobdir: Path, submission_dir: Path, model_path: Path, rounds
     inp = jobdir / "input"
     (inp / "batches.safetensors").unlink()
     for k, batches in enumerate(rounds):
-        tensors = {}
-        for i, b in enumerate(batches):
-            tensors[f"wave_{i}"] = b.wave.detach().to("cpu").float().clone()
-            tensors[f"lengths_{i}"] = b.lengths.detach().to("cpu").long().clone()
         for name in (f"round-{k}.safetensors", f"round-{k}.json"):
             fd = os.open(inp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-        save_file(tensors, str(inp / f"round-{k}.safetensors"))
+        save_file(batch_tensors(batches), str(inp / f"round-{k}.safetensors"))
         (inp / f"round-{k}.json").write_text(json.dumps([{"ids": list(b.ids)} for b in batches]))
 
 
@@ -787,10 +792,7 @@ def _execute_rounds(jobdir: Path, rounds: list[list], setup: _Setup) -> list[Job
     _, _, whole = job_result(launch, 0, rc, timed_out)
     results = []
     for k, batches in enumerate(rounds):
-        if results and failed_as_a_whole(results[-1]):
-            results.append(replace(results[-1], batches=[], wall_s=0.0, startup_s=0.0))
-            continue
-        results.append(_round_result(launch, k, batches, whole, rc))
+        results.append(_carried(results) or _round_result(launch, k, batches, whole, rc))
     # the zygote's own start-up (torch, the model) is paid once: count it on the first round
     if results:
         results[0].startup_s += whole.startup_s
