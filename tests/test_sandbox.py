@@ -188,7 +188,7 @@ def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
     t.start()
     try:
         r = run_attack_job(plugin_spec(bomb), model_file, [batch("a")], "snr30",
-                           limits=SandboxLimits(wall_s=6, max_procs=24))
+                           limits=SandboxLimits(wall_s=10, max_procs=24))  # start-up under load
     finally:
         done.set()
         t.join()
@@ -344,3 +344,47 @@ def test_the_worker_runs_the_arena_the_harness_imported(tmp_path, model_file):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.stdout.strip() == "ok None", out.stdout + out.stderr
+
+
+def test_a_killed_harness_leaves_no_job_folder_behind(tmp_path, model_file):
+    """SIGKILL gives the harness no chance to clean up: the next harness's first job sweeps
+    the folders whose owner is gone, and never a live harness's folder or a link."""
+    import signal
+    import subprocess
+    import sys
+
+    from arena.sandbox.jobs import sweep_stale_jobdirs
+
+    sub = make_sub(tmp_path / "subs", "sleeper", "import time\nfrom arena import Attack\n"
+                   "class P(Attack):\n    def run(self, batch, model, budget):\n"
+                   "        time.sleep(600)\n", track="attack")
+    base = tmp_path / "tmp"
+    base.mkdir()
+    code = ("import sys, torch\nfrom arena.core.audio import AudioBatch\n"
+            "from arena.sandbox import run_attack_job\nfrom arena.submissions.manifest import plugin_spec\n"
+            f"b = AudioBatch(['a'], torch.zeros(1, 8000), torch.tensor([8000]), transcripts=['hi'])\n"
+            f"run_attack_job(plugin_spec({str(sub)!r}), {str(model_file)!r}, [b], 'snr30')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(base)})
+    deadline = time.time() + 60
+    while not list(base.glob("arena-job-*/input/job.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = list(base.glob("arena-job-*"))
+    assert len(killed) == 1 and killed[0].name.startswith(f"arena-job-{proc.pid}-")
+    live = base / f"arena-job-{os.getpid()}-{_start_of(os.getpid())}-live"
+    live.mkdir()
+    target = tmp_path / "not-ours"
+    target.mkdir()
+    link = base / f"arena-job-{proc.pid}-1-link"
+    link.symlink_to(target)
+    assert sweep_stale_jobdirs(str(base)) == [str(killed[0])]
+    assert not killed[0].exists() and live.is_dir() and link.is_symlink() and target.is_dir()
+
+
+def _start_of(pid: int) -> int:
+    from arena.sandbox.jobs import _process_start
+
+    start = _process_start(pid)
+    assert start is not None
+    return start

@@ -82,6 +82,10 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
     _sub(subs, "crasher", "attack", CRASH)
     _sub(subs, "nan-maker", "attack", NAN)
     _sub(subs, "hanger", "defense", HANG)
+    # its own lower wall-clock limit (a submission may only lower them): the hang is found
+    # in seconds while every other job keeps the run's 20 s
+    with open(subs / "hanger" / "submission.toml", "a") as f:
+        f.write("\n[limits]\nwall_s = 5\n")
     (subs / "broken").mkdir()
     (subs / "broken" / "submission.toml").write_text('name = "broken"\ntrack = "sideways"\n')
     from arena.leaderboard import build as lb_build

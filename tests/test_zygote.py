@@ -136,6 +136,29 @@ def test_rounds_in_one_zygote_answer_as_separate_jobs_and_start_once(tmp_path):
     assert all(r.startup_s < 0.3 for r in together[1:]), [r.startup_s for r in together]
 
 
+@pytest.mark.parametrize("zygote", [True, False])
+def test_trusted_rounds_answer_alike_and_keep_the_failure_policy(tmp_path, monkeypatch, zygote):
+    # --trusted (the organiser's own code, no sandbox) runs the same zygote without the
+    # namespaces; rounds apart (each its own job) is what runs where no zygote can
+    from arena.sandbox import jobs
+
+    monkeypatch.setattr(jobs, "_zygote_works", [zygote])
+    spec, model = _spec(tmp_path, ECHO), registry.resolve("dense")
+    rounds = _rounds([2, 1, 2])
+    results = run_defense_rounds(spec, model, rounds, trusted=True)
+    alone = [run_defense_job(spec, model, r, trusted=True) for r in rounds[:1]]
+    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+    assert [b.transcripts for b in results[0].batches] == [b.transcripts for b in alone[0].batches]
+    assert [len(b.transcripts) for r in results for b in r.batches] == [2, 1, 2]
+    # one start (torch, the model) for all rounds, or one per round
+    assert all((r.startup_s < 0.3) == zygote for r in results[1:]), [r.startup_s for r in results]
+    hangs = _spec(tmp_path / "hangs", HANGS_ON_PAIRS)
+    results = run_defense_rounds(hangs, model, _rounds([1, 2, 1]), trusted=True,
+                                 limits=SandboxLimits(wall_s=4))
+    assert [r.status for r in results] == ["ok", "timeout", "timeout"], [r.error for r in results]
+    assert results[2].wall_s == 0.0   # carried unrun
+
+
 def test_nothing_a_round_leaves_reaches_a_later_round(tmp_path):
     spec, model = _spec(tmp_path, COVERT), registry.resolve("dense")
     results = run_defense_rounds(spec, model, _rounds([1, 1, 1]))

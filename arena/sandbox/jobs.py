@@ -4,7 +4,7 @@ The harness writes the job folder, starts the worker under bubblewrap inside the
 own cgroups (control.py), enforces the wall-clock limit, receives the worker's output
 over a pipe (channel.py) into output/, which the sandbox never sees, then re-validates
 all of it. Submission code is never imported in this process. The job folder is always
-removed.
+removed (a folder a killed harness left is swept by the next one: `sweep_stale_jobdirs`).
 """
 from __future__ import annotations
 
@@ -400,13 +400,60 @@ class _Setup:
                 "track": plugin.track.value, "device": str(device),
                 "seed": seed, "effort": effort, "n_batches": n_batches, "threads": 1,
                 "drop_uid": bwrap.INNER_UID if self.map_uid else None,
+                "isolate": not self.trusted,   # a zygote's rounds: namespaces of their own
                 "cap_tmp": None if self.trusted else {"bytes": int(self.limits.tmp_mb) << 20,
                                                       "files": int(self.limits.max_files)}}
 
 
+JOBDIR_NAME = re.compile(r"arena-job-(\d+)-(\d+)-")   # the owner's pid and start time
+
+
+def _process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, names one process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def sweep_stale_jobdirs(base: str | None = None) -> list[str]:
+    """Remove the job folders whose harness process is gone (killed: SIGKILL leaves no
+    chance to clean up); never one of a live process, never a link. The removed paths."""
+    base = base or tempfile.gettempdir()
+    removed: list[str] = []
+    if _process_start(os.getpid()) is None:   # no /proc: no way to tell a live owner
+        return removed
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for e in entries:
+        m = JOBDIR_NAME.match(e.name)
+        try:
+            mine = e.is_dir(follow_symlinks=False) and e.stat(follow_symlinks=False).st_uid == os.geteuid()
+        except OSError:
+            continue
+        if not m or not mine:
+            continue
+        if _process_start(int(m.group(1))) != int(m.group(2)) and remove_tree(e.path):
+            removed.append(e.path)
+    return removed
+
+
+_swept: set[int] = set()   # the processes that have swept (once each)
+
+
 def new_jobdir(workdir) -> Path:
     if workdir is None:
-        return Path(tempfile.mkdtemp(prefix="arena-job-"))
+        pid, start = os.getpid(), _process_start(os.getpid())
+        if start is None:
+            return Path(tempfile.mkdtemp(prefix="arena-job-"))
+        if pid not in _swept:
+            _swept.add(pid)
+            sweep_stale_jobdirs()
+        return Path(tempfile.mkdtemp(prefix=f"arena-job-{pid}-{start}-"))
     Path(workdir).mkdir(parents=True, exist_ok=True)
     return Path(workdir) / f"job-{os.getpid()}-{time.time_ns()}"
 
@@ -713,16 +760,18 @@ def run_defense_rounds(plugin: PluginSpec, model_path, rounds: list[list], *, de
     """Transcribe every round's batches, each round in a process of its own that sees only
     its own audio; one JobResult per round. After a round fails as a whole the later ones
     are not run and carry its failure. On the CPU where the sandbox maps an unprivileged
-    user (the harness is root), one zygote process forks the rounds (zygote.py: torch
-    imported and the model loaded once); otherwise each round is a sandbox job of its own
-    (CUDA does not survive a fork)."""
+    user (the harness is root), and with --trusted, one zygote process forks the rounds
+    (zygote.py: torch imported and the model loaded once); otherwise each round is a
+    sandbox job of its own (CUDA does not survive a fork)."""
     limits = limits or SandboxLimits()
     setup = _Setup("defense", plugin, limits, trusted, device)
     if setup.error:
         return [JobResult("error", setup.error) for _ in rounds]
     apart = dict(device=device, limits=limits, trusted=trusted, seed=seed, workdir=workdir,
                  effort=effort)
-    if setup.trusted or not setup.map_uid or setup.gpu or not rounds or not _zygote_works[0]:
+    # the zygote: in the sandbox where it maps an unprivileged user, or with no sandbox at
+    # all (--trusted: no namespaces; torch still imported once)
+    if (not setup.trusted and not setup.map_uid) or setup.gpu or not rounds or not _zygote_works[0]:
         return _rounds_apart(plugin, model_path, rounds, apart)
     jobdir = new_jobdir(workdir)
     try:
