@@ -111,7 +111,7 @@ def test_training_with_a_teacher_moves_the_student_towards_it(tmp_path):
         return float(distill_loss(s, t, n))
 
     before = gap()
-    cfg = TrainConfig(steps=30, batch_seconds=4.0, warmup=3, lr=3e-3, noise_prob=0.0,
-                      distill_weight=50.0, eval_every=0, checkpoint_every=30, speed_factors=())
+    cfg = TrainConfig(steps=15, batch_seconds=4.0, warmup=3, lr=3e-3, noise_prob=0.0,
+                      distill_weight=50.0, eval_every=0, checkpoint_every=15, speed_factors=())
     train(student, data, cfg, tmp_path, progress=False, teacher=teacher)
-    assert gap() < 0.5 * before
+    assert gap() < 0.5 * before   # 15 steps: 0.32 -> 0.06 measured
