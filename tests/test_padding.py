@@ -15,7 +15,7 @@ ZOO = available()
 def dev_utterances(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ARENA_DATA", str(tmp_path_factory.mktemp("data")))
-        manifest = ensure_split("dev", DEFAULT_SEED, size=6, progress=False)
+        manifest = ensure_split("dev", DEFAULT_SEED, size=4, progress=False)
         data = AudioSet.from_manifest(manifest)
     return [torch.as_tensor(data.wave(i)) for i in range(len(data))]
 
