@@ -383,6 +383,14 @@ class JobControl:
         return self.usage
 
 
+def proc_stat(pid: int | str) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and
+    parentheses): [0] state, [1] ppid, ... (proc(5)'s numbering minus 3). OSError if gone."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()
+
+
 def _tree(root: int) -> list[int]:
     """`root` and all its descendants (one scan of /proc)."""
     children: defaultdict[int, list[int]] = defaultdict(list)
@@ -390,9 +398,7 @@ def _tree(root: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            ppid = int(proc_stat(name)[1])
         except (OSError, ValueError, IndexError):
             continue
         children[ppid].append(int(name))
@@ -423,9 +429,6 @@ def _pss(pid: int) -> int:
 def _cpu_ticks(pid: int) -> int:
     """utime + stime of the process and of its reaped children."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2:].split()
-        return sum(int(x) for x in fields[11:15])
+        return sum(int(x) for x in proc_stat(pid)[11:15])
     except (OSError, ValueError, IndexError):
         return 0

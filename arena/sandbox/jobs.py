@@ -33,7 +33,7 @@ from arena.core.budget import Budget
 from arena.plugins.spec import PluginSpec, submission_files
 from arena.sandbox import bwrap
 from arena.sandbox.channel import PipeReader, Receiver
-from arena.sandbox.control import TASK_SLACK, JobControl
+from arena.sandbox.control import TASK_SLACK, JobControl, proc_stat
 from arena.sandbox.zygote import ROUND_LOG_BYTES
 
 MAX_STATUS_BYTES = 16 * 1024 * 1024
@@ -411,9 +411,7 @@ JOBDIR_NAME = re.compile(r"arena-job-(\d+)-(\d+)-")   # the owner's pid and star
 def _process_start(pid: int) -> int | None:
     """When the process started (clock ticks since boot): with the pid, names one process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19])
+        return int(proc_stat(pid)[19])
     except (OSError, ValueError, IndexError):
         return None
 
