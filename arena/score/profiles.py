@@ -22,7 +22,7 @@ PROFILES = {
     # the smoke test: finishes in minutes on a 2-core CPU
     "quick": Profile("quick", "dev", 12, ("snr30", "linf0.003"), "quick", 40.0, eot=2),
     # the committed board: 200 utterances at the budget where the reference attack converges
-    # at this effort (docs/data/apgd-convergence-dense-snr30.json); about two hours on 2 CPU
+    # at this effort (docs/data/apgd-convergence-dense-snr30.json); about three hours on 2 CPU
     # cores (resumable)
     "standard": Profile("standard", "dev", 200, ("snr30",), "standard", 40.0, wall_s=3600.0),
     # the GPU/cluster profile: every budget of docs/design.md on the full test split
