@@ -155,9 +155,8 @@ def test_a_worker_node_lost_mid_run_then_a_rerun_completes_the_grid(world, refer
 
     watch, deadline = ResultsStore(store_dir), time.time() + 120
     while watch.count() < 4 and time.time() < deadline:   # both attack jobs are in
-        time.sleep(0.2)
-    time.sleep(1.5)   # defense rounds in flight on both nodes
-    cluster.remove_node(worker)
+        time.sleep(0.05)
+    cluster.remove_node(worker)   # at once: the adaptive jobs are in flight on both nodes
     thread.join(timeout=300)
     assert not thread.is_alive()
     store, report = result["first"]

@@ -131,8 +131,8 @@ def test_rounds_in_one_zygote_answer_as_separate_jobs_and_start_once(tmp_path):
     assert [r.status for r in together] == ["ok"] * 4, [r.error for r in together]
     assert [[b.transcripts for b in r.batches] for r in together] == \
         [[b.transcripts for b in r.batches] for r in apart]
-    # torch and the model are loaded once, by the zygote; each round only forks
-    assert together[0].startup_s > 0.3
+    # torch and the model are loaded once, by the zygote (or torch by the slot's fork
+    # server before it, slot.py); each round only forks
     assert all(r.startup_s < 0.3 for r in together[1:]), [r.startup_s for r in together]
 
 

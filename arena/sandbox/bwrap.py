@@ -202,7 +202,9 @@ def hidden_paths() -> list[str]:
 
 
 def build_command(input_dir: str, argv: list[str], *, env: dict[str, str], gpu: bool = False,
-                  tmp_mb: int = 512, map_uid: bool = False) -> list[str]:
+                  tmp_mb: int = 512, map_uid: bool = False, slots: str | None = None) -> list[str]:
+    """`slots` (a slot's fork server, forkserver.py): the host folder of the slot's job
+    folders, bound read-only at /slots; each job's process covers it again."""
     cmd = [bwrap_binary(),
            "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
@@ -263,6 +265,8 @@ def build_command(input_dir: str, argv: list[str], *, env: dict[str, str], gpu: 
             "--perms", "0755", "--dir", SANDBOX_ROOT,
             "--ro-bind", input_dir, f"{SANDBOX_ROOT}/input",
             "--chdir", "/tmp"]
+    if slots:
+        cmd += ["--perms", "0755", "--dir", "/slots", "--ro-bind", slots, "/slots"]
     if gpu:
         for dev in gpu_devices():
             cmd += ["--dev-bind", dev, dev]
@@ -279,45 +283,54 @@ def build_command(input_dir: str, argv: list[str], *, env: dict[str, str], gpu: 
 
 
 def count_threads(uid: int) -> int:
-    """Processes plus threads of `uid` (what RLIMIT_NPROC counts)."""
+    """Processes plus threads whose real user is `uid` (what RLIMIT_NPROC counts). From
+    /proc/PID/status, not the owner of /proc/PID: a process that is not dumpable (a job
+    after its user change) has its /proc files owned by root."""
     n = 0
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry}")
-                if st.st_uid != uid:
-                    continue
-                n += len(os.listdir(f"/proc/{entry}/task"))
-            except OSError:
-                continue
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+            if int(fields[b"Uid"].split()[0]) == uid:
+                n += int(fields[b"Threads"])
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
     return n
 
 
 PR_SET_PDEATHSIG = 1
 
 
-def make_preexec(limits, gpu: bool):
-    """rlimits applied in the child before exec (inherited by everything inside)."""
+def rlimit_values(limits, gpu: bool) -> dict[str, tuple[int, int]]:
+    """The per-process limits of one job: {name: (soft, hard)} (names as in RLIMITS)."""
     mem = int(limits.memory_mb) * 1024 * 1024
     fsize = int(limits.max_file_mb) * 1024 * 1024
     cpu = int(limits.cpu_s)
     nofile = int(limits.max_open_files)
     uid = host_uid() if as_root() else os.getuid()
     nproc = int(limits.max_procs) + count_threads(uid)
+    # CUDA reserves huge virtual ranges: cap the data segment instead of the address space
+    return {"data" if gpu else "as": (mem, mem), "fsize": (fsize, fsize), "cpu": (cpu, cpu + 5),
+            "nofile": (nofile, nofile), "nproc": (nproc, nproc), "core": (0, 0)}
 
+
+RLIMITS = {"as": resource.RLIMIT_AS, "data": resource.RLIMIT_DATA, "fsize": resource.RLIMIT_FSIZE,
+           "cpu": resource.RLIMIT_CPU, "nofile": resource.RLIMIT_NOFILE,
+           "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
+
+
+def make_preexec(limits, gpu: bool, overrides: dict[str, tuple[int, int]] | None = None):
+    """rlimits applied in the child before exec (inherited by everything inside)."""
+    values = {**rlimit_values(limits, gpu), **(overrides or {})}
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec():
         # the job dies with the scorer, even when the scorer is SIGKILLed (PR_SET_PDEATHSIG)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        # CUDA reserves huge virtual ranges: cap the data segment instead of the address space
-        resource.setrlimit(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
+        for name, pair in values.items():
+            resource.setrlimit(RLIMITS[name], pair)
     return preexec
 
 

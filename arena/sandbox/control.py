@@ -182,6 +182,7 @@ class JobControl:
         self._kill: Callable[[], None] = lambda: None
         self._root_pid = 0
         self._inside_pid: int | None = None
+        self.inherited_bytes = 0   # a forked job's share of its fork server's memory
         if use_cgroups:
             self._setup(name or f"arena-job-{os.getpid()}-{time.time_ns()}")
         via = lambda g: f"cgroup v{g.version}" if g else "watchdog"  # noqa: E731
@@ -251,6 +252,50 @@ class JobControl:
         for g in self.groups:
             _write(g.file("cgroup.procs"), pid)
 
+    def anon_bytes(self) -> int:
+        """Anonymous memory now held by the processes of the memory cgroup (0 without one)."""
+        g = self.memory
+        try:
+            text = _read(g.file("memory.stat")) if g else ""
+        except OSError:
+            return 0
+        return _counter(text, "anon" if g and g.version == 2 else "total_rss")
+
+    def inherit(self, nbytes: int) -> bool:
+        """The job starts as a fork of a process holding `nbytes` of anonymous memory, which
+        stay charged to that process's cgroup: the job's own cgroup gets the rest of the
+        limit, and its reported peak counts them, as if the job had allocated them itself
+        (as a job of its own sandbox does when it imports torch)."""
+        g = self.memory
+        if g is None or nbytes >= self.memory_bytes:
+            return False
+        limit = str(self.memory_bytes - int(nbytes))
+        try:
+            if g.version == 2:
+                _write(g.file("memory.max"), limit)
+            else:
+                _write(g.file("memory.limit_in_bytes"), limit)
+                try:
+                    _write(g.file("memory.memsw.limit_in_bytes"), limit)
+                except OSError:
+                    pass
+        except OSError:
+            return False
+        self.inherited_bytes = int(nbytes)
+        return True
+
+    def adopt(self, pid: int) -> bool:
+        """Move process `pid` (not yet running job code) into the job's cgroups; False when
+        a controller is not a cgroup here or the move was refused."""
+        if not (self.memory and self.pids and self.cpu):
+            return False
+        try:
+            for g in self.groups:
+                _write(g.file("cgroup.procs"), str(pid))
+        except OSError:
+            return False
+        return True
+
     # ---- watching
     def limit_segment(self, cpu_s: float | None) -> None:
         """From now on (None: no longer) the job may use at most `cpu_s` more CPU seconds:
@@ -291,7 +336,7 @@ class JobControl:
             else:
                 current = int(_read(g.file("memory.max_usage_in_bytes")))
                 ooms = _counter(_read(g.file("memory.oom_control")), "oom_kill")
-            u.peak_memory_bytes = max(u.peak_memory_bytes, current)
+            u.peak_memory_bytes = max(u.peak_memory_bytes, current + self.inherited_bytes)
             if ooms:
                 return (f"memory limit of {self.memory_bytes >> 20} MB for the whole job reached "
                         f"(the kernel killed {ooms} of its processes); the job was stopped")

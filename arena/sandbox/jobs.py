@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from arena.core.budget import Budget
 from arena.plugins.spec import PluginSpec, submission_files
-from arena.sandbox import bwrap
+from arena.sandbox import bwrap, slot
 from arena.sandbox.channel import PipeReader, Receiver
 from arena.sandbox.control import TASK_SLACK, JobControl, proc_stat
 from arena.sandbox.zygote import ROUND_LOG_BYTES
@@ -444,6 +444,8 @@ _swept: set[int] = set()   # the processes that have swept (once each)
 
 
 def new_jobdir(workdir) -> Path:
+    """A new job folder: in this process's folder of job folders (slot.job_root, which the
+    slots' fork servers see), or in `workdir`."""
     if workdir is None:
         pid, start = os.getpid(), _process_start(os.getpid())
         if start is None:
@@ -451,7 +453,8 @@ def new_jobdir(workdir) -> Path:
         if pid not in _swept:
             _swept.add(pid)
             sweep_stale_jobdirs()
-        return Path(tempfile.mkdtemp(prefix=f"arena-job-{pid}-{start}-"))
+        root = slot.job_root(lambda: f"arena-job-{pid}-{start}-")
+        return Path(tempfile.mkdtemp(prefix="job-", dir=root))
     Path(workdir).mkdir(parents=True, exist_ok=True)
     return Path(workdir) / f"job-{os.getpid()}-{time.time_ns()}"
 
@@ -545,7 +548,18 @@ class Launch:
         self.t0 = time.time()
         self.start_error: str | None = None
         try:
-            if setup.trusted:
+            server = self._slot(jobdir, env)
+            if server is not None:   # forked by this thread's fork server (slot.py)
+                request = {"requests": req_r is not None, "rounds": bool(rounds),
+                           "cap_tmp": {"bytes": int(limits.tmp_mb) << 20, "files": int(limits.max_files)},
+                           "rlimits": bwrap.rlimit_values(limits, False)}
+                try:
+                    self.proc = _Served(server, jobdir, [data_w, log_w, *fds[1:]], request, self.control)
+                except slot.SlotError:
+                    server = None
+            if server is not None:
+                pass
+            elif setup.trusted:
                 self.proc = subprocess.Popen(argv + [str(jobdir)] + args, stdin=subprocess.DEVNULL,
                                              stdout=log_w, stderr=subprocess.STDOUT,
                                              start_new_session=True, preexec_fn=preexec,
@@ -579,9 +593,16 @@ class Launch:
         self.logger.start()
         self.control.watch(self.proc.pid, self.kill, inside_pid=self.proc.child_pid)
 
+    def _slot(self, jobdir: Path, env: dict[str, str]) -> slot.Slot | None:
+        setup, c = self.setup, self.control
+        if (setup.trusted or not setup.map_uid or setup.gpu or not slot.enabled()
+                or not (c.memory and c.pids and c.cpu) or not slot.in_root(jobdir)):
+            return None
+        return slot.current(env, setup.limits.tmp_mb, SandboxLimits())
+
     def kill(self) -> None:
-        self.control.kill_members()
-        if self.proc is not None:
+        self.control.kill_members()   # a served job: its keeper and all below it, not the server
+        if self.proc is not None and not isinstance(self.proc, _Served):
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -615,6 +636,26 @@ class Launch:
                     t.join()
         self.wall = time.time() - self.t0
         return rc, timed_out
+
+
+class _Served:
+    """A job forked by a slot's server, waited on like a Popen."""
+
+    def __init__(self, server: slot.Slot, jobdir: Path, fds: list[int], request: dict,
+                 control: JobControl):
+        self.server, self.child_pid = server, None
+        if not control.inherit(server.control.anon_bytes()):
+            raise slot.SlotError("the job's memory cgroup could not be set")
+        self.pid = server.start_job(str(jobdir), fds, request, control.adopt)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if timeout is not None:
+            return self.server.wait_job(timeout)
+        try:   # after a kill: the server reports at once, or is itself stopped
+            return self.server.wait_job(slot.REPLY_S)
+        except subprocess.TimeoutExpired:
+            self.server.close()
+            return None
 
 
 def _execute(jobdir: Path, role, batches, setup: _Setup) -> JobResult:

@@ -111,14 +111,18 @@ def serve_purify(plugin, fd: int, request_fd: int, seed: int, status: dict, repo
 
 
 def main(jobdir: str, fd: int, request_fd: int | None = None,
-         round_fds: list[int] | None = None) -> int:
+         round_fds: list[int] | None = None, *, started_at: float = T0,
+         own_userns: bool = False) -> int:
+    """One job. `started_at`: when its process started; `own_userns` (a job forked by a
+    slot's server, forkserver.py): after the user change, a user namespace of its own, as
+    a defense round's process has."""
     inp = os.path.join(jobdir, "input")
     with open(os.path.join(inp, "job.json")) as f:
         job = json.load(f)
     if round_fds is not None:   # the zygote: round k's results go to round_fds[k]
         job["rounds"] = [{"fd": n} for n in round_fds]
     close_fds_except({fd, *([request_fd] if request_fd is not None else []), *(round_fds or [])})
-    status = fresh_status(T0)
+    status = fresh_status(started_at)
 
     def report() -> None:
         send(fd, "status.json", json.dumps(status).encode())
@@ -149,7 +153,12 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
         tensors = load_file(os.path.join(inp, "batches.safetensors"))
         new_session_keyring()
         if job.get("drop_uid") is not None:
-            _drop_privileges(int(job["drop_uid"]))
+            uid = int(job["drop_uid"])
+            _drop_privileges(uid)
+            if own_userns:
+                from arena.sandbox.zygote import _own_user_namespace
+
+                _own_user_namespace(uid, uid)
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         status["load_error"] = _tail(e)
         report()
@@ -240,8 +249,13 @@ def run_batches(plugin, model, role: str, metas: list[dict], tensors: dict, seed
 
 if __name__ == "__main__":
     args = sys.argv[1:] + ["-", ""][len(sys.argv) - 3:]
-    code = main(args[0], int(args[1]), None if args[2] == "-" else int(args[2]),
-                [int(n) for n in args[3].split(",")] if args[3] else None)
+    if args[0] == "--slot":   # a slot's fork server (forkserver.py)
+        from arena.sandbox.forkserver import serve
+
+        code = serve(int(args[1]))
+    else:
+        code = main(args[0], int(args[1]), None if args[2] == "-" else int(args[2]),
+                    [int(n) for n in args[3].split(",")] if args[3] else None)
     # everything is reported: skip interpreter teardown (torch's takes 0.4-1 s per job)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,0 +1,120 @@
+"""Jobs forked by a slot's fork server (arena/sandbox/slot.py, forkserver.py), in the real
+sandbox: start-up paid once per slot, the same answers as a sandbox of their own, and
+nothing of one job (its files, processes, sockets, keys, its input, other jobs' folders)
+reaching the next, whichever submission it belongs to.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from arena.sandbox import bwrap, slot
+from arena.sandbox.jobs import SandboxLimits, run_defense_job
+from tests.test_zygote import COVERT, ECHO, HANGS_ON_PAIRS, _rounds, _spec
+
+pytestmark = pytest.mark.skipif(bwrap.probe() is not None or not bwrap.as_root(),
+                                reason="slots run where the sandbox maps a user (as root)")
+
+SEES = '''
+import json, os
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        seen = {"slots": sorted(os.listdir("/slots")) if os.path.isdir("/slots") else None,
+                "input": sorted(os.listdir("/sandbox/input")),
+                "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+                "uid": os.getuid(), "tmp": sorted(os.listdir("/tmp"))}
+        return [json.dumps(seen)] * len(batch.ids)
+'''
+
+
+def _served() -> slot.Slot:
+    s = getattr(slot._local, "slot", None)
+    assert s is not None and not s.dead, "the job did not run in this thread's slot"
+    return s
+
+
+def test_served_jobs_answer_as_their_own_sandbox_and_start_once(tmp_path, monkeypatch):
+    spec, model = _spec(tmp_path, ECHO), "dense"
+    from arena.zoo import registry
+
+    path = registry.resolve(model)
+    batches = _rounds([2])[0]
+    served = [run_defense_job(spec, path, batches) for _ in range(3)]
+    server = _served()
+    monkeypatch.setenv("ARENA_FORK_SERVER", "0")
+    alone = run_defense_job(spec, path, batches)
+    assert [r.status for r in served] + [alone.status] == ["ok"] * 4, [r.error for r in served]
+    assert all(r.batches[0].transcripts == alone.batches[0].transcripts for r in served)
+    # a job of its own sandbox imports torch (seconds); a served job forks (tenths)
+    assert all(r.startup_s < 0.5 for r in served[1:]), [r.startup_s for r in served]
+    assert alone.startup_s > 3 * max(r.startup_s for r in served[1:])
+    # the job's memory counts what it shares with the server, as if it had loaded it
+    assert abs(served[-1].peak_memory_mb - alone.peak_memory_mb) < 0.5 * alone.peak_memory_mb
+    assert getattr(slot._local, "slot", None) is server and not server.dead
+
+
+def test_nothing_a_served_job_leaves_reaches_the_next(tmp_path):
+    from arena.zoo import registry
+
+    spec, path = _spec(tmp_path, COVERT), registry.resolve("dense")
+    texts = []
+    for _ in range(2):
+        r = run_defense_job(spec, path, _rounds([1])[0])
+        assert r.status == "ok", r.error
+        texts.append(r.batches[0].transcripts[0])
+    _served()
+    assert texts[0].startswith("found= planted=/tmp/arena-covert,/dev/shm/arena-covert"), texts[0]
+    assert "socket" in texts[0]
+    # what the first left (files, a daemon on an abstract socket, a key, loopback traffic,
+    # open-file flags) the second does not find
+    assert texts[1].startswith("found= "), texts[1]
+
+
+def test_a_served_job_sees_its_own_input_only(tmp_path):
+    """Another job's folder in the job root (as a job of another thread would be) stays
+    out of sight; the job runs unprivileged, alone in its PID namespace."""
+    from arena.zoo import registry
+
+    spec, path = _spec(tmp_path, SEES), registry.resolve("dense")
+    run_defense_job(spec, path, _rounds([1])[0])       # makes the job root and the slot
+    root = slot._root[0]
+    decoy = os.path.join(root, "job-decoy")
+    os.makedirs(os.path.join(decoy, "input", "submission"))
+    with open(os.path.join(decoy, "input", "submission", "secret.py"), "w") as f:
+        f.write("SECRET = 1\n")
+    try:
+        r = run_defense_job(spec, path, _rounds([1])[0])
+    finally:
+        import shutil
+
+        shutil.rmtree(decoy)
+    assert r.status == "ok", r.error
+    _served()
+    seen = json.loads(r.batches[0].transcripts[0])
+    assert seen["slots"] == [], seen
+    assert seen["input"] == ["batches.safetensors", "job.json", "model.safetensors", "submission"], seen
+    assert seen["pids"] == [1, 2], seen   # its init and itself
+    assert seen["uid"] == bwrap.INNER_UID and seen["tmp"] == [], seen
+
+
+def test_a_killed_served_job_leaves_the_slot_working(tmp_path):
+    """A job killed at its wall-clock limit takes its processes with it, not the server:
+    the next job is forked by the same server."""
+    from arena.zoo import registry
+
+    spec, path = _spec(tmp_path, HANGS_ON_PAIRS), registry.resolve("dense")
+    run_defense_job(spec, path, _rounds([1])[0])
+    server = _served()
+    before = bwrap.count_threads(bwrap.host_uid())
+    t = time.time()
+    hung = run_defense_job(spec, path, _rounds([2])[0], limits=SandboxLimits(wall_s=3))
+    assert hung.status == "timeout" and time.time() - t < 15, hung.error
+    assert bwrap.count_threads(bwrap.host_uid()) <= before
+    after = run_defense_job(spec, path, _rounds([1])[0])
+    assert after.status == "ok" and after.startup_s < 0.5, (after.error, after.startup_s)
+    assert getattr(slot._local, "slot", None) is server and not server.dead
