@@ -265,22 +265,20 @@ class JobControl:
         """The job starts as a fork of a process holding `nbytes` of anonymous memory, which
         stay charged to that process's cgroup: the job's own cgroup gets the rest of the
         limit, and its reported peak counts them, as if the job had allocated them itself
-        (as a job of its own sandbox does when it imports torch)."""
+        (as a job of its own sandbox does when it imports torch). inherit(0) undoes it."""
         g = self.memory
         if g is None or nbytes >= self.memory_bytes:
             return False
         limit = str(self.memory_bytes - int(nbytes))
-        try:
-            if g.version == 2:
-                _write(g.file("memory.max"), limit)
-            else:
-                _write(g.file("memory.limit_in_bytes"), limit)
-                try:
-                    _write(g.file("memory.memsw.limit_in_bytes"), limit)
-                except OSError:
-                    pass
-        except OSError:
-            return False
+        files = ["memory.max"] if g.version == 2 else ["memory.limit_in_bytes",
+                                                       "memory.memsw.limit_in_bytes"]
+        # v1 wants memsw >= limit at every moment: lower the limit first, raise memsw first
+        for name in files if nbytes >= self.inherited_bytes else files[::-1]:
+            try:
+                _write(g.file(name), limit)
+            except OSError:
+                if name != "memory.memsw.limit_in_bytes":   # (optional: no swap accounting)
+                    return False
         self.inherited_bytes = int(nbytes)
         return True
 

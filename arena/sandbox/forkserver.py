@@ -28,10 +28,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import resource
 import socket
 import sys
 import time
+
+import numpy
 
 from arena.sandbox.bwrap import RLIMITS
 from arena.sandbox.channel import close_fds_except
@@ -41,7 +44,8 @@ SLOTS = "/slots"                  # where the slot's folder of job folders is bo
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 PRELOAD = ("torchaudio.functional", "foolbox")
 MAX_MESSAGE = 64 * 1024
-MAX_FDS = 64
+MAX_FDS = 253                     # the kernel's limit for one message (SCM_MAX_FD)
+CLONE_NEWCGROUP = 0x02000000
 
 
 def _send(sock: socket.socket, msg: dict) -> None:
@@ -51,6 +55,8 @@ def _send(sock: socket.socket, msg: dict) -> None:
 def _enter_job(jobdir: str, cap_tmp: dict | None, rlimits: dict) -> None:
     """In the job's process (PID 1 of its namespace, root of the sandbox): its namespaces,
     its own input only, its limits."""
+    # its cgroups (the harness moved its keeper there) become the root of its own view
+    _check(_libc.unshare(CLONE_NEWCGROUP), "unshare(cgroup)")
     _isolate(cap_tmp)
     src = os.path.join(SLOTS, jobdir, "input")
     _mount(src, "/sandbox/input", None, MS_BIND, None)
@@ -91,6 +97,9 @@ def _init(req: dict, fds: list[int], t0: float) -> int:
     if job == 0:
         code = 4
         try:
+            # its own random state, as a process of its own has (not the server's copy)
+            random.seed()
+            numpy.random.seed()
             # the command line a job of its own sandbox has (worker.py's)
             sys.argv = ["-c", "/sandbox", str(data_fd)]
             if request_fd is not None:
@@ -141,6 +150,7 @@ def _probe() -> str | None:
         code = 1
         try:
             _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
+            _check(_libc.unshare(CLONE_NEWCGROUP), "unshare(cgroup)")
             inner = os.fork()
             if inner == 0:
                 c = 1
@@ -183,13 +193,14 @@ def serve(sock_fd: int) -> int:
     _send(sock, {"ready": True, "refused": _probe()})
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
         except OSError:
             return 0
         if not data:
             return 0
         req = json.loads(data)
-        if not isinstance(req.get("jobdir"), str) or "/" in req["jobdir"] or len(fds) < 2:
+        if (flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or not isinstance(req.get("jobdir"), str)
+                or "/" in req["jobdir"] or len(fds) < 2 or len(fds) != req.get("n_fds")):
             for fd in fds:
                 os.close(fd)
             _send(sock, {"rc": None, "error": "malformed request"})

@@ -548,7 +548,7 @@ class Launch:
         self.t0 = time.time()
         self.start_error: str | None = None
         try:
-            server = self._slot(jobdir, env)
+            server = self._slot(jobdir, env, len(fds) + 1)
             if server is not None:   # forked by this thread's fork server (slot.py)
                 request = {"requests": req_r is not None, "rounds": bool(rounds),
                            "cap_tmp": {"bytes": int(limits.tmp_mb) << 20, "files": int(limits.max_files)},
@@ -557,6 +557,7 @@ class Launch:
                     self.proc = _Served(server, jobdir, [data_w, log_w, *fds[1:]], request, self.control)
                 except slot.SlotError:
                     server = None
+                    self.control.inherit(0)   # a sandbox of its own, with the whole limit
             if server is not None:
                 pass
             elif setup.trusted:
@@ -593,9 +594,9 @@ class Launch:
         self.logger.start()
         self.control.watch(self.proc.pid, self.kill, inside_pid=self.proc.child_pid)
 
-    def _slot(self, jobdir: Path, env: dict[str, str]) -> slot.Slot | None:
+    def _slot(self, jobdir: Path, env: dict[str, str], n_fds: int) -> slot.Slot | None:
         setup, c = self.setup, self.control
-        if (setup.trusted or not setup.map_uid or setup.gpu or not slot.enabled()
+        if (setup.trusted or not setup.map_uid or setup.gpu or not slot.enabled() or n_fds > slot.MAX_FDS
                 or not (c.memory and c.pids and c.cpu) or not slot.in_root(jobdir)):
             return None
         return slot.current(env, setup.limits.tmp_mb, SandboxLimits())

@@ -30,11 +30,12 @@ import time
 
 from arena.sandbox import bwrap
 from arena.sandbox.channel import PipeReader
-from arena.sandbox.control import JobControl
+from arena.sandbox.control import JobControl, proc_stat
 
 READY_S = 120          # the server's start (importing torch) may take this long at most
 REPLY_S = 30           # a keeper's hello, an exit status after a kill
 LOG_BYTES = 16 * 1024
+MAX_FDS = 250          # descriptors one job may be handed (one message: the kernel's limit is 253)
 _CREDS = struct.calcsize("3i")
 
 
@@ -90,7 +91,7 @@ class Slot:
     refused: str | None = None     # a kernel that refused a probe: no slot for the process
 
     def __init__(self, root: str, env: dict[str, str], tmp_mb: int, limits):
-        self.root, self.thread = root, threading.current_thread()
+        self.root, self.thread, self.owner = root, threading.current_thread(), os.getpid()
         self.busy = False
         self.dead = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -98,14 +99,20 @@ class Slot:
         self.sock = ours
         empty = os.path.join(root, ".empty")
         os.makedirs(empty, mode=0o755, exist_ok=True)
-        # the server is harness code: its own limits are the default job's, with no CPU-time
-        # cap on its life (a job's keeper leaves its cgroups before the job starts)
+        # the server is harness code: its cgroups hold it to the default job's memory and
+        # processes, with no CPU-time cap on its life (a job's keeper leaves them before the
+        # job starts); its rlimits are the harness's own, so that each job can set its own
+        # below them (a job may only lower them)
         self.control = JobControl(memory_bytes=int(limits.memory_mb) << 20,
                                   max_tasks=int(limits.max_procs) + 16, cpu_s=1e12,
                                   max_files=int(limits.max_files), tmp_bytes=int(tmp_mb) << 20)
-        rlimits = bwrap.make_preexec(limits, False, {     # (as high as the harness's own)
-            "cpu": resource.getrlimit(resource.RLIMIT_CPU),
-            "nproc": resource.getrlimit(resource.RLIMIT_NPROC)})
+        if not self.control.memory:   # a job's share of the server's memory is read there
+            self.control.finish()
+            ours.close()
+            theirs.close()
+            raise SlotError("no memory cgroup for the slot")
+        own = ("as", "fsize", "cpu", "nofile", "nproc")
+        rlimits = bwrap.make_preexec(limits, False, {n: resource.getrlimit(bwrap.RLIMITS[n]) for n in own})
 
         def preexec():
             self.control.preexec()
@@ -167,7 +174,7 @@ class Slot:
         it is not started). The keeper's host pid."""
         self.busy = True
         try:
-            msg = json.dumps({**request, "jobdir": os.path.basename(jobdir)}).encode()
+            msg = json.dumps({**request, "jobdir": os.path.basename(jobdir), "n_fds": len(fds)}).encode()
             socket.send_fds(self.sock, [msg], fds)
             if not select.select([self.sock], [], [], REPLY_S)[0]:
                 raise SlotError("the slot's server did not fork the job")
@@ -177,15 +184,24 @@ class Slot:
             if not data or pid is None or data != b"{}":
                 raise SlotError("the slot's server answered no keeper: "
                                 + data[:200].decode(errors="replace"))
-            ok = bool(adopt(pid))
+            # the keeper is a child of the server (PID 2 of the slot's sandbox, under bwrap's
+            # init): checked, so that a reused pid never moves another process
+            ok = self._is_keeper(pid) and bool(adopt(pid))
             self.sock.send(json.dumps({"go": ok}).encode())
             if not ok:
                 self.wait_job(REPLY_S)
-                raise SlotError("the job's cgroups refused its process")
+                raise SlotError("the job's keeper could not be moved into its cgroups")
             return pid
-        except (SlotError, OSError) as e:
+        except (SlotError, OSError, subprocess.TimeoutExpired) as e:
             self.close()
             raise SlotError(str(e)) from None
+
+    def _is_keeper(self, pid: int) -> bool:
+        try:
+            server = int(proc_stat(pid)[1])
+            return self.proc is not None and int(proc_stat(server)[1]) == self.proc.child_pid
+        except (OSError, ValueError, IndexError):
+            return False
 
     def wait_job(self, timeout: float | None) -> int | None:
         """The job's exit status (None when the server is gone); TimeoutExpired."""
@@ -235,9 +251,11 @@ def current(env: dict[str, str], tmp_mb: int, limits) -> Slot | None:
     if Slot.refused is not None or root is None:
         return None
     slot = getattr(_local, "slot", None)
-    if slot is not None and not slot.dead and slot.root == root:
+    if slot is not None and not slot.dead and slot.root == root and slot.owner == os.getpid():
         return None if slot.busy else slot
     with _all_lock:
+        for s in [s for s in _all if s.owner != os.getpid()]:
+            _all.remove(s)        # a forked copy of the harness leaves its parent's slots alone
         for s in [s for s in _all if s.dead or not s.thread.is_alive()]:
             s.close()
             _all.remove(s)
@@ -255,7 +273,8 @@ def close_all() -> None:
     """Stop every slot and remove the job root (its jobs removed their own folders)."""
     with _all_lock:
         for s in _all:
-            s.close()
+            if s.owner == os.getpid():
+                s.close()
         _all.clear()
     with _root_lock:
         if _root and _root[0] and os.getpid() == _root_pid[0]:
