@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from arena.sandbox import slot
 from arena.score.executor import LocalExecutor
 from arena.score.profiles import get_profile
 from arena.score.run import ScoreOptions, ScoreReport, run_score, target_specs
@@ -46,6 +47,7 @@ def store_signature(store: ResultsStore) -> str:
 
 
 def _run(root: Path, name: str, executor, grid: dict) -> tuple[ResultsStore, ScoreReport, float]:
+    slot.stop()   # each run starts its own fork server, and counts its start-up
     store = ResultsStore(root / name)
     t0 = time.time()
     report = run_score(store, ScoreOptions(grid["profile"], progress=False, wall_s=1800),

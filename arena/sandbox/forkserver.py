@@ -30,6 +30,8 @@ import json
 import os
 import random
 import resource
+import select
+import signal
 import socket
 import sys
 import time
@@ -46,6 +48,7 @@ PRELOAD = ("torchaudio.functional", "foolbox")
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 253                     # the kernel's limit for one message (SCM_MAX_FD)
 CLONE_NEWCGROUP = 0x02000000
+PR_SET_PDEATHSIG = 1
 
 
 def _send(sock: socket.socket, msg: dict) -> None:
@@ -71,6 +74,12 @@ def _enter_job(jobdir: str, cap_tmp: dict | None, rlimits: dict) -> None:
         resource.setrlimit(RLIMITS[name], (min(cap[0], cap[1]), cap[1]))
 
 
+def _die_with_parent() -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
+    if os.getppid() == 1:    # the parent went before the signal was asked for
+        os._exit(4)
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -83,6 +92,7 @@ def _init(req: dict, fds: list[int], t0: float) -> int:
     kernel then kills whatever is left in the namespace)."""
     from arena.sandbox import worker
 
+    _die_with_parent()   # the keeper: when it goes (killed with the job), so does the job
     data_fd, log_fd = fds[0], fds[1]
     request_fd = fds[2] if req.get("requests") else None
     round_fds = fds[2:] if req.get("rounds") else None
@@ -124,7 +134,8 @@ def _keeper(sock: socket.socket, go_r: int, req: dict, fds: list[int]) -> int:
     """Tell the harness who it is, wait for go (it is in the job's cgroups by then), then
     run the job in a new PID namespace and exit with its status."""
     t0 = time.time()
-    sock.send(b"{}")   # SCM_CREDENTIALS: the harness reads this process's pid
+    _die_with_parent()
+    sock.send(json.dumps({"id": req["id"], "hello": True}).encode())   # with SCM_CREDENTIALS
     sock.close()
     close_fds_except({go_r, *fds})
     if os.read(go_r, 1) != b"1":
@@ -170,7 +181,10 @@ def _probe() -> str | None:
 
 
 def serve(sock_fd: int) -> int:
-    """The server loop: one job at a time, until the harness closes the socket."""
+    """The server loop: jobs of every thread of the harness, side by side, until the
+    harness closes the socket. Messages: a job {"id", "jobdir", ...} with its descriptors
+    -> the keeper's {"id", "hello"} (with its credentials); {"id", "go"} -> the keeper goes
+    or leaves; when the keeper ends, {"id", "rc"}."""
     import safetensors.torch  # noqa: F401  (what every job imports, imported once)
     import torch
 
@@ -191,19 +205,33 @@ def serve(sock_fd: int) -> int:
     close_fds_except({sock_fd})
     sock = socket.socket(fileno=sock_fd)
     _send(sock, {"ready": True, "refused": _probe()})
+    pending: dict[int, int] = {}     # job id -> the write end of its keeper's go pipe
+    keepers: dict[int, int] = {}     # keeper pid -> job id
     while True:
+        ready = select.select([sock], [], [], 0.05)[0]
+        _reap(sock, keepers)
+        if not ready:
+            continue
         try:
             data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
         except OSError:
+            data = b""
+        if not data:   # the harness is gone: so are the jobs (their keepers' death signal)
             return 0
-        if not data:
-            return 0
-        req = json.loads(data)
-        if (flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or not isinstance(req.get("jobdir"), str)
-                or "/" in req["jobdir"] or len(fds) < 2 or len(fds) != req.get("n_fds")):
+        msg = json.loads(data)
+        if "go" in msg:
+            go_w = pending.pop(int(msg["id"]), None)
+            if go_w is not None:
+                os.write(go_w, b"1" if msg["go"] is True else b"0")
+                os.close(go_w)
             for fd in fds:
                 os.close(fd)
-            _send(sock, {"rc": None, "error": "malformed request"})
+            continue
+        if (flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or not isinstance(msg.get("jobdir"), str)
+                or "/" in msg["jobdir"] or len(fds) < 2 or len(fds) != msg.get("n_fds")):
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"id": msg.get("id"), "rc": None, "error": "malformed request"})
             continue
         go_r, go_w = os.pipe()
         keeper = os.fork()
@@ -211,19 +239,25 @@ def serve(sock_fd: int) -> int:
             code = 4
             try:
                 os.close(go_w)
-                code = _keeper(sock, go_r, req, fds)
+                code = _keeper(sock, go_r, msg, fds)
             finally:
                 os._exit(code)
         os.close(go_r)
         for fd in fds:
             os.close(fd)
+        pending[int(msg["id"])] = go_w
+        keepers[keeper] = int(msg["id"])
+
+
+def _reap(sock: socket.socket, keepers: dict[int, int]) -> None:
+    """Report every keeper that has ended (its job's exit status)."""
+    while keepers:
         try:
-            go = sock.recv(MAX_MESSAGE)
-        except OSError:
-            go = b""
-        os.write(go_w, b"1" if go == b'{"go": true}' else b"0")
-        os.close(go_w)
-        rc = os.waitstatus_to_exitcode(os.waitpid(keeper, 0)[1])
-        _send(sock, {"rc": rc})
-        if not go:
-            return 0
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        job = keepers.pop(pid, None)
+        if job is not None:
+            _send(sock, {"id": job, "rc": _exit_code(status)})

@@ -640,20 +640,20 @@ class Launch:
 
 
 class _Served:
-    """A job forked by a slot's server, waited on like a Popen."""
+    """A job forked by the slot's server, waited on like a Popen."""
 
     def __init__(self, server: slot.Slot, jobdir: Path, fds: list[int], request: dict,
                  control: JobControl):
         self.server, self.child_pid = server, None
         if not control.inherit(server.control.anon_bytes()):
             raise slot.SlotError("the job's memory cgroup could not be set")
-        self.pid = server.start_job(str(jobdir), fds, request, control.adopt)
+        self.job, self.pid = server.start_job(str(jobdir), fds, request, control.adopt)
 
     def wait(self, timeout: float | None = None) -> int | None:
         if timeout is not None:
-            return self.server.wait_job(timeout)
+            return self.server.wait_job(self.job, timeout)
         try:   # after a kill: the server reports at once, or is itself stopped
-            return self.server.wait_job(slot.REPLY_S)
+            return self.server.wait_job(self.job, slot.REPLY_S)
         except subprocess.TimeoutExpired:
             self.server.close()
             return None

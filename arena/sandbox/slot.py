@@ -1,8 +1,8 @@
 """An executor slot's fork server, harness side (the sandbox side: forkserver.py).
 
-Each thread that runs sandbox jobs (a LocalExecutor worker, a Ray worker's task) gets one
-slot: a bwrap sandbox whose process imported torch once and forks each of the thread's
-jobs into namespaces of its own. Jobs of a slot run one at a time. Used where the harness
+Each harness process (the scorer, a Ray worker) has one slot: a bwrap sandbox whose
+process imported torch once and forks each job of every thread into namespaces of its own;
+jobs of several threads run side by side. Used where the harness
 is root (the sandbox maps an unprivileged user), the job runs on the CPU (CUDA does not
 survive a fork) and each job gets cgroups of its own for memory, processes and CPU time
 (the job's keeper is moved into them before the job starts: all it forks is limited,
@@ -11,13 +11,16 @@ job is its own bwrap sandbox as before.
 
 Job folders of a process live in one folder (`job_root()`), bound read-only into every
 slot's sandbox at /slots; a job's process sees only its own input (forkserver.py).
-A slot dies with its thread (the sandbox's parent-death signal) and at exit.
+A slot dies with its process (the sandbox's parent-death signal, the server's socket) and
+at exit.
 """
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
+import queue
 import resource
 import select
 import shutil
@@ -86,18 +89,49 @@ class _Log(PipeReader):
 
 
 class Slot:
-    """One fork server. `start_job` forks a job, `wait_job` waits for its exit status."""
+    """The process's fork server. `start_job` forks a job, `wait_job` waits for its exit
+    status; jobs of several threads run side by side. The server is started by a thread of
+    its own that lives as long as the slot (the sandbox's parent-death signal is per thread:
+    an executor's worker thread that ends must not take the slot with it)."""
 
     refused: str | None = None     # a kernel that refused a probe: no slot for the process
 
     def __init__(self, root: str, env: dict[str, str], tmp_mb: int, limits):
-        self.root, self.thread, self.owner = root, threading.current_thread(), os.getpid()
-        self.busy = False
+        self.root, self.owner = root, os.getpid()
+        # what the sandbox was made with: a job that would be made otherwise needs another
+        self.key = (root, bwrap.host_uid(), tuple(sorted(env.items())), int(tmp_mb))
         self.dead = False
+        self.proc = None
+        self.start_s = 0.0
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()                  # one sender at a time
+        self._waiting: dict[int, queue.SimpleQueue] = {}
+        self._stop = threading.Event()
+        started: queue.SimpleQueue = queue.SimpleQueue()
+        self._holder = threading.Thread(target=self._hold, args=(env, tmp_mb, limits, started),
+                                        name="arena-slot", daemon=True)
+        self._holder.start()
+        error = started.get()
+        if error is not None:
+            raise error
+        self._reader = threading.Thread(target=self._read, name="arena-slot-reader", daemon=True)
+        self._reader.start()
+
+    def _hold(self, env: dict[str, str], tmp_mb: int, limits, started: queue.SimpleQueue) -> None:
+        try:
+            self._start(env, tmp_mb, limits)
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that asked
+            started.put(e if isinstance(e, SlotError) else SlotError(f"{type(e).__name__}: {e}"))
+            return
+        started.put(None)
+        self._stop.wait()
+        self._close()
+
+    def _start(self, env: dict[str, str], tmp_mb: int, limits) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock = ours
-        empty = os.path.join(root, ".empty")
+        empty = os.path.join(self.root, ".empty")
         os.makedirs(empty, mode=0o755, exist_ok=True)
         # the server is harness code: its cgroups hold it to the default job's memory and
         # processes, with no CPU-time cap on its life (a job's keeper leaves them before the
@@ -122,7 +156,7 @@ class Slot:
         self.log = _Log(log_r)
         fd = theirs.fileno()
         cmd = bwrap.build_command(empty, bwrap.worker_argv() + ["--slot", str(fd)], env=env,
-                                  tmp_mb=tmp_mb, map_uid=True, slots=root)
+                                  tmp_mb=tmp_mb, map_uid=True, slots=self.root)
         t0 = time.time()
         try:
             self.proc = bwrap.spawn(cmd, preexec=preexec, stdout=log_w, map_uid=True, pass_fds=(fd,))
@@ -137,63 +171,90 @@ class Slot:
         self.log.start()
         self.control.watch(self.proc.pid, self._kill)
         try:
-            ready = self._reply(READY_S)
-        except SlotError:
-            self.close()
-            raise
+            if not select.select([self.sock], [], [], READY_S)[0]:
+                raise SlotError(f"the slot's server did not start in {READY_S} s")
+            data = self.sock.recv(4096)
+            if not data:
+                raise SlotError("the slot's server did not start: " + self.log_text())
+            ready = json.loads(data)
+        except (SlotError, OSError, ValueError) as e:
+            self._close()
+            raise SlotError(str(e)) from None
         self.start_s = time.time() - t0
         if ready.get("refused"):
             Slot.refused = str(ready["refused"])
-            self.close()
+            self._close()
             raise SlotError(Slot.refused)
 
-    def _kill(self) -> None:
-        """The server broke its own limits (the watchdog's thread): stop it; the next job
-        finds the slot dead (its socket at EOF) and starts another."""
-        self.control.kill_members()
-        try:
-            os.killpg(self.proc.pid, 9)
-        except OSError:
-            pass
+    def _read(self) -> None:
+        """Hand each message of the server to the job it names (a keeper's hello comes with
+        the keeper's pid, as the kernel gives it in this PID namespace)."""
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(_CREDS))
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                msg = json.loads(data)
+                job = int(msg["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            pid = next((struct.unpack("3i", d[:_CREDS])[0] for level, kind, d in anc
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
+            waiter = self._waiting.get(job)
+            if waiter is not None:
+                waiter.put(("hello", pid) if msg.get("hello") else ("rc", msg.get("rc")))
+        self.dead = True
+        for waiter in list(self._waiting.values()):
+            waiter.put(("gone", None))
 
-    def _reply(self, timeout: float) -> dict:
-        if not select.select([self.sock], [], [], timeout)[0]:
-            raise SlotError(f"the slot's server did not answer in {timeout:g} s")
-        data = self.sock.recv(4096)
-        if not data:
-            self.dead = True
-            raise SlotError("the slot's server is gone: " + self.log_text())
-        return json.loads(data)
+    def _kill(self) -> None:
+        """The server broke its own limits (the watchdog's thread): stop it; its jobs end
+        (their keepers' parent-death signal) and the next job starts another slot."""
+        self.control.kill_members()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except OSError:
+                pass
 
     def log_text(self) -> str:
         return bytes(self.log.data[-2000:]).decode(errors="replace")
 
-    def start_job(self, jobdir: str, fds: list[int], request: dict, adopt) -> int:
+    def _send(self, msg: dict, fds: list[int] = ()) -> None:
+        with self._lock:
+            socket.send_fds(self.sock, [json.dumps(msg).encode()], list(fds))
+
+    def _next(self, job: int, timeout: float | None) -> tuple[str, object]:
+        try:
+            return self._waiting[job].get(timeout=timeout)
+        except queue.Empty:
+            raise subprocess.TimeoutExpired("slot job", timeout or 0) from None
+
+    def start_job(self, jobdir: str, fds: list[int], request: dict, adopt) -> tuple[int, int]:
         """Fork the job in `jobdir` (a folder in the job root) with its pipes `fds`; `adopt(pid)`
         puts the keeper (host pid) in the job's cgroups before the job may start (False:
-        it is not started). The keeper's host pid."""
-        self.busy = True
+        it is not started). (job id, the keeper's host pid)."""
+        job = next(self._ids)
+        self._waiting[job] = queue.SimpleQueue()
         try:
-            msg = json.dumps({**request, "jobdir": os.path.basename(jobdir), "n_fds": len(fds)}).encode()
-            socket.send_fds(self.sock, [msg], fds)
-            if not select.select([self.sock], [], [], REPLY_S)[0]:
-                raise SlotError("the slot's server did not fork the job")
-            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(_CREDS))
-            pid = next((struct.unpack("3i", d[:_CREDS])[0] for level, kind, d in anc
-                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
-            if not data or pid is None or data != b"{}":
-                raise SlotError("the slot's server answered no keeper: "
-                                + data[:200].decode(errors="replace"))
+            self._send({**request, "id": job, "jobdir": os.path.basename(jobdir), "n_fds": len(fds)}, fds)
+            what, pid = self._next(job, REPLY_S)
+            if what != "hello" or not isinstance(pid, int):
+                raise SlotError(f"the slot's server forked no keeper ({what}: {pid}): "
+                                + self.log_text()[-500:])
             # the keeper is a child of the server (PID 2 of the slot's sandbox, under bwrap's
             # init): checked, so that a reused pid never moves another process
             ok = self._is_keeper(pid) and bool(adopt(pid))
-            self.sock.send(json.dumps({"go": ok}).encode())
+            self._send({"id": job, "go": ok})
             if not ok:
-                self.wait_job(REPLY_S)
+                self.wait_job(job, REPLY_S)
                 raise SlotError("the job's keeper could not be moved into its cgroups")
-            return pid
+            return job, pid
         except (SlotError, OSError, subprocess.TimeoutExpired) as e:
-            self.close()
+            self._waiting.pop(job, None)
             raise SlotError(str(e)) from None
 
     def _is_keeper(self, pid: int) -> bool:
@@ -203,31 +264,27 @@ class Slot:
         except (OSError, ValueError, IndexError):
             return False
 
-    def wait_job(self, timeout: float | None) -> int | None:
+    def wait_job(self, job: int, timeout: float | None) -> int | None:
         """The job's exit status (None when the server is gone); TimeoutExpired."""
-        try:
-            if not select.select([self.sock], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired("slot job", timeout or 0)
-            data = self.sock.recv(4096)
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return None
-        self.busy = False
-        rc = json.loads(data).get("rc")
-        return rc if isinstance(rc, int) else None
+        what, rc = self._next(job, timeout)
+        self._waiting.pop(job, None)
+        return rc if what == "rc" and isinstance(rc, int) else None
 
     def close(self) -> None:
-        if self.dead and self.proc is None:
-            return
+        self._stop.set()
+        if threading.current_thread() is not self._holder:
+            self._holder.join(timeout=30)
+
+    def _close(self) -> None:
         self.dead = True
         try:
             self.sock.close()
         except OSError:
             pass
+        if getattr(self, "control", None) is None:
+            return
         self.control.kill_members()
-        proc, self.proc = getattr(self, "proc", None), None
+        proc, self.proc = self.proc, None
         if proc is not None:
             try:
                 os.killpg(proc.pid, 9)
@@ -238,44 +295,48 @@ class Slot:
         self.log.stop()
 
 
-_local = threading.local()
-_all: list[Slot] = []
-_all_lock = threading.Lock()
+_slots: dict[tuple, Slot] = {}    # by what their sandbox was made with (Slot.key)
+_slot_lock = threading.Lock()
 
 
 def current(env: dict[str, str], tmp_mb: int, limits) -> Slot | None:
-    """This thread's slot, started on first use; None where there is none to use (refused
-    here, busy with another job of this thread, or failed to start)."""
+    """This process's slot for a job made with `env` and `tmp_mb` (in practice one per
+    process), started on first use; None where there is none to use (refused here, or
+    failed to start)."""
     with _root_lock:
         root = _root[0] if _root else None
     if Slot.refused is not None or root is None:
         return None
-    slot = getattr(_local, "slot", None)
-    if slot is not None and not slot.dead and slot.root == root and slot.owner == os.getpid():
-        return None if slot.busy else slot
-    with _all_lock:
-        for s in [s for s in _all if s.owner != os.getpid()]:
-            _all.remove(s)        # a forked copy of the harness leaves its parent's slots alone
-        for s in [s for s in _all if s.dead or not s.thread.is_alive()]:
-            s.close()
-            _all.remove(s)
-    try:
-        slot = Slot(root, env, tmp_mb, limits)
-    except (SlotError, OSError, subprocess.SubprocessError):
-        return None
-    _local.slot = slot
-    with _all_lock:
-        _all.append(slot)
-    return slot
+    key = (root, bwrap.host_uid(), tuple(sorted(env.items())), int(tmp_mb))
+    with _slot_lock:
+        for k, s in list(_slots.items()):
+            if s.owner != os.getpid():
+                del _slots[k]      # a forked copy of the harness leaves its parent's slots alone
+        found = _slots.get(key)
+        if found is not None and not found.dead:
+            return found
+        if found is not None:
+            del _slots[key]
+            found.close()          # dead already: its jobs have ended
+        try:
+            _slots[key] = Slot(root, env, tmp_mb, limits)
+        except (SlotError, OSError, subprocess.SubprocessError):
+            return None
+        return _slots[key]
+
+
+def stop() -> None:
+    """Stop this process's slots (the next job starts a new one)."""
+    with _slot_lock:
+        for s in _slots.values():
+            if s.owner == os.getpid():
+                s.close()
+        _slots.clear()
 
 
 def close_all() -> None:
-    """Stop every slot and remove the job root (its jobs removed their own folders)."""
-    with _all_lock:
-        for s in _all:
-            if s.owner == os.getpid():
-                s.close()
-        _all.clear()
+    """Stop the slot and remove the job root (its jobs removed their own folders)."""
+    stop()
     with _root_lock:
         if _root and _root[0] and os.getpid() == _root_pid[0]:
             shutil.rmtree(_root[0], ignore_errors=True)
