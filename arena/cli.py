@@ -477,8 +477,8 @@ def bench_attacks_cmd(device, n, steps, budget, model_name, batch_sizes, no_art,
 
 
 @bench_group.command("scale")
-@click.option("--n", "n", type=int, default=8, show_default=True,
-              help="Utterances of the quick profile's split.")
+@click.option("--n", "n", type=int, default=None,
+              help="Utterances of the quick profile's split (default: the profile's own, 12).")
 @click.option("--entries", default=",".join(("fgsm", "pgd", "none", "lowpass")), show_default=True,
               help="Comma-separated attacks and defenses.")
 @click.option("--models", default="dense,int8", show_default=True, help="Comma-separated zoo models.")

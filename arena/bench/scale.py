@@ -10,8 +10,10 @@ start-up seconds / sandbox job wall seconds, over the three runs). `parallel_cei
 two processes gain over one on this machine for a pure CPU loop, to read the speed-up
 against (on a shared or hyperthreaded 2-core machine it is well below 2).
 
-The grid: the quick profile on the first `n` utterances of its split, real zoo models and
-baselines (defaults below), so the jobs do the work a real run does.
+The grid: the quick profile (its own 12 utterances, or the first `n` of its split), real zoo
+models and baselines (defaults below), so the jobs do the work a real run does. Sandbox jobs
+are forked by each process's slot (sandbox/slot.py); every run starts its own (the local
+runs' slot is stopped before each), and its start is counted in the run's start-up.
 """
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ def _warm_up(nodes: int) -> float:
     return time.time() - t0
 
 
-def bench_scale(n: int = 8, entries=DEFAULT_ENTRIES, models=DEFAULT_MODELS, *,
+def bench_scale(n: int | None = None, entries=DEFAULT_ENTRIES, models=DEFAULT_MODELS, *,
                 keep: str | None = None) -> dict:
     """Run the grid three ways; `keep`: write the three stores there instead of a temporary
     folder that is removed."""
@@ -132,7 +134,7 @@ def bench_scale(n: int = 8, entries=DEFAULT_ENTRIES, models=DEFAULT_MODELS, *,
     startup = r1.sandbox_startup_s + r2.sandbox_startup_s + r3.sandbox_startup_s
     job_wall = r1.job_wall_s + r2.job_wall_s + r3.job_wall_s
     return dict(
-        grid=dict(profile=profile.name, split=profile.split, n_utterances=n,
+        grid=dict(profile=profile.name, split=profile.split, n_utterances=profile.n_utterances,
                   budgets=list(profile.budgets), entries=[e.name for e in found],
                   models=list(models), problems=problems),
         cpu_count=os.cpu_count(), load_avg_before=[round(x, 2) for x in load_before],
