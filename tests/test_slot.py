@@ -144,3 +144,32 @@ def test_a_defense_of_many_rounds_is_served_whole(tmp_path):
     # served (a zygote of its own sandbox would import torch first: seconds)
     assert results[0].startup_s < 1.0, results[0].startup_s
     _served()
+
+
+def test_jobs_of_two_threads_share_the_server_side_by_side(tmp_path):
+    """Two threads' jobs at once through the process's one server: each gets its own
+    answer (the messages of the two are told apart by job id)."""
+    import threading
+
+    from arena.zoo import registry
+
+    spec, path = _spec(tmp_path, ECHO), registry.resolve("dense")
+    run_defense_job(spec, path, _rounds([1])[0])
+    server = _served()
+    sizes = [1, 2, 1, 2]
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        results[i] = run_defense_job(spec, path, _rounds([sizes[i]])[0])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    alone = {n: run_defense_job(spec, path, _rounds([n])[0]).batches[0].transcripts for n in (1, 2)}
+    for i, n in enumerate(sizes):
+        r = results[i]
+        assert r.status == "ok", r.error
+        assert r.batches[0].transcripts == alone[n]
+    assert _served() is server and len([s for s in slot._slots.values() if not s.dead]) == 1
