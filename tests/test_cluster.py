@@ -5,6 +5,7 @@ defense on a Ray worker exactly as it does locally. GPU requests are checked on 
 import dataclasses
 import hashlib
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -156,9 +157,19 @@ def test_a_worker_node_lost_mid_run_then_a_rerun_completes_the_grid(world, refer
     watch, deadline = ResultsStore(store_dir), time.time() + 120
     while watch.count() < 4 and time.time() < deadline:   # both attack jobs are in
         time.sleep(0.05)
-    cluster.remove_node(worker)   # at once: the adaptive jobs are in flight on both nodes
-    thread.join(timeout=300)
-    assert not thread.is_alive()
+    while not (frozen := _freeze_if_busy(worker)) and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        cluster.remove_node(worker)   # its sandbox job in flight (frozen: it cannot finish)
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    finally:
+        cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)   # for any later test
     store, report = result["first"]
     assert any("harness error" in f for f in report.failed_jobs), report.failed_jobs
     assert store.count() < reference.count()
@@ -170,7 +181,39 @@ def test_a_worker_node_lost_mid_run_then_a_rerun_completes_the_grid(world, refer
     axes = [(c["kind"], c["attack"], c["budget"], c["defense"], c["model"], c["source_model"])
             for c in store.cells()]
     assert len(axes) == len(set(axes)) == reference.count()
-    cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)   # for any later test
+
+
+def _freeze_if_busy(node) -> list[int]:
+    """When a sandbox job runs on `node` (a child of a slot's fork server, forkserver.py,
+    under one of the node's Ray workers), stop every process of the node but its raylet, so
+    that the job cannot finish before the node is removed; the stopped pids (else [])."""
+    from arena.sandbox.control import _tree, proc_stat
+
+    raylet = node.all_processes["raylet"][0].process.pid
+    tree = _tree(raylet)
+    servers = []
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"--slot" in f.read():
+                    servers.append(pid)
+        except OSError:
+            continue
+    parents = set()
+    for pid in tree:
+        try:
+            parents.add(int(proc_stat(pid)[1]))
+        except (OSError, ValueError, IndexError):
+            pass
+    if not parents & set(servers):
+        return []
+    frozen = [pid for pid in tree if pid != raylet]
+    for pid in frozen:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except OSError:
+            pass
+    return frozen
 
 
 def test_submission_files_round_trip_and_are_checked(tmp_path):

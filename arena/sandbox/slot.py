@@ -257,6 +257,10 @@ class Slot:
             self._waiting.pop(job, None)
             raise SlotError(str(e)) from None
 
+    def busy(self) -> bool:
+        """Has it jobs in flight?"""
+        return bool(self._waiting)
+
     def _is_keeper(self, pid: int) -> bool:
         try:
             server = int(proc_stat(pid)[1])
@@ -318,6 +322,10 @@ def current(env: dict[str, str], tmp_mb: int, limits) -> Slot | None:
         if found is not None:
             del _slots[key]
             found.close()          # dead already: its jobs have ended
+        for k, s in list(_slots.items()):
+            if not s.busy():       # made otherwise (e.g. another sandbox uid) and idle
+                del _slots[k]
+                s.close()
         try:
             _slots[key] = Slot(root, env, tmp_mb, limits)
         except (SlotError, OSError, subprocess.SubprocessError):
