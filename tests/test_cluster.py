@@ -141,40 +141,45 @@ def test_sandbox_breach_on_a_ray_worker_is_contained_as_locally(world, cluster, 
 
 @pytest.mark.slow
 def test_a_worker_node_lost_mid_run_then_a_rerun_completes_the_grid(world, reference, cluster, tmp_path):
-    store_dir = tmp_path / "ray"
-    worker = next(iter(cluster.worker_nodes))
-    result = {}
-
-    def score():
-        # no retries: the lost node's jobs come back as errors and their claims are freed
-        with RayExecutor(cluster.address, max_retries=0) as ex:
-            result["first"] = _score(world, store_dir, ex)
-
-    thread = threading.Thread(target=score)
-    thread.start()
     from arena.score.store import ResultsStore
 
-    watch, deadline = ResultsStore(store_dir), time.time() + 120
-    while watch.count() < 4 and time.time() < deadline:   # both attack jobs are in
-        time.sleep(0.05)
-    while not (frozen := _freeze_if_busy(worker)) and time.time() < deadline:
-        time.sleep(0.02)
-    try:
-        cluster.remove_node(worker)   # its sandbox job in flight (frozen: it cannot finish)
-        for pid in frozen:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        thread.join(timeout=300)
-        assert not thread.is_alive()
-    finally:
-        cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)   # for any later test
-    store, report = result["first"]
+    # a job lasts a second or two now: an attempt whose removal caught no job in flight
+    # (it finished first, or Ray ran it again elsewhere) proves nothing and is made again
+    for attempt in range(4):
+        store_dir = tmp_path / f"ray-{attempt}"
+        worker = next(iter(cluster.worker_nodes))
+        result = {}
+
+        def score(result=result, store_dir=store_dir):
+            # no retries: the lost node's jobs come back as errors and their claims are freed
+            with RayExecutor(cluster.address, max_retries=0) as ex:
+                result["first"] = _score(world, store_dir, ex)
+
+        thread = threading.Thread(target=score)
+        thread.start()
+        watch, deadline = ResultsStore(store_dir), time.time() + 120
+        while watch.count() < 4 and time.time() < deadline:   # both attack jobs are in
+            time.sleep(0.05)
+        while not (frozen := _freeze_if_busy(worker)) and time.time() < deadline:
+            time.sleep(0.02)
+        try:
+            cluster.remove_node(worker)   # its sandbox job in flight (frozen: it cannot finish)
+            for pid in frozen:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            thread.join(timeout=300)
+            assert not thread.is_alive()
+        finally:
+            cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)   # for any later test
+        store, report = result["first"]
+        if any("harness error" in f for f in report.failed_jobs):
+            break
     assert any("harness error" in f for f in report.failed_jobs), report.failed_jobs
     assert store.count() < reference.count()
     assert _claims(store) == 0   # nothing stays claimed by the lost jobs
-    with RayExecutor(cluster.address) as ex:   # the head node alone
+    with RayExecutor(cluster.address) as ex:
         store, again = _score(world, store_dir, ex)
     assert again.failed_jobs == [] and again.computed == reference.count() - report.computed
     assert store_signature(store) == store_signature(reference)
@@ -184,28 +189,27 @@ def test_a_worker_node_lost_mid_run_then_a_rerun_completes_the_grid(world, refer
 
 
 def _freeze_if_busy(node) -> list[int]:
-    """When a sandbox job runs on `node` (a child of a slot's fork server, forkserver.py,
-    under one of the node's Ray workers), stop every process of the node but its raylet, so
-    that the job cannot finish before the node is removed; the stopped pids (else [])."""
+    """When `node` runs a scoring job (a Ray worker titled "ray::run_on_worker", or a
+    slot's fork server with a job's keeper under it), stop every process of the node but
+    its raylet, so that the job cannot finish before the node is removed; the stopped pids
+    (else [])."""
     from arena.sandbox.control import _tree, proc_stat
 
     raylet = node.all_processes["raylet"][0].process.pid
     tree = _tree(raylet)
-    servers = []
+    busy, servers, parents = False, set(), set()
     for pid in tree:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"--slot" in f.read():
-                    servers.append(pid)
-        except OSError:
-            continue
-    parents = set()
-    for pid in tree:
-        try:
+                title = f.read()
             parents.add(int(proc_stat(pid)[1]))
         except (OSError, ValueError, IndexError):
-            pass
-    if not parents & set(servers):
+            continue
+        busy |= title.startswith(b"ray::run_on_worker")
+        if b"--slot" in title:
+            servers.add(pid)
+    busy |= bool(servers & parents)
+    if not busy:
         return []
     frozen = [pid for pid in tree if pid != raylet]
     for pid in frozen:

@@ -222,7 +222,10 @@ def serve(sock_fd: int) -> int:
         if "go" in msg:
             go_w = pending.pop(int(msg["id"]), None)
             if go_w is not None:
-                os.write(go_w, b"1" if msg["go"] is True else b"0")
+                try:
+                    os.write(go_w, b"1" if msg["go"] is True else b"0")
+                except OSError:   # its keeper is gone already (killed): reaped and reported
+                    pass
                 os.close(go_w)
             for fd in fds:
                 os.close(fd)
