@@ -7,7 +7,8 @@ The "purify" role (the adaptive evaluation) instead answers requests read from R
 request-<k> {"wave", "lengths"} -> purified-<k>.safetensors {"wave": defense.purify(...)},
 after a ready.json saying which of purify/transcribe the defense overrides.
 The "rounds" role is a zygote (zygote.py): one child per defense round, each answering on
-its own pipe (ROUND_FDS, comma-separated).
+its own pipe (ROUND_FDS, comma-separated). `worker.py --slot SOCKET_FD` is a slot's fork
+server (forkserver.py), whose jobs run `main` in a forked process with the same arguments.
 The harness trusts none of it: it caps and re-validates everything it receives.
 """
 from __future__ import annotations
