@@ -321,9 +321,9 @@ RLIMITS = {"as": resource.RLIMIT_AS, "data": resource.RLIMIT_DATA, "fsize": reso
            "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
 
 
-def make_preexec(limits, gpu: bool, overrides: dict[str, tuple[int, int]] | None = None):
-    """rlimits applied in the child before exec (inherited by everything inside)."""
-    values = {**rlimit_values(limits, gpu), **(overrides or {})}
+def make_preexec(values: dict[str, tuple[int, int]]):
+    """rlimits (`rlimit_values`) applied in the child before exec (inherited by everything
+    inside)."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec():

@@ -40,14 +40,25 @@ import numpy
 
 from arena.sandbox.bwrap import RLIMITS
 from arena.sandbox.channel import close_fds_except
-from arena.sandbox.zygote import CLONE_NEWPID, _check, _fresh_fds, _isolate, _libc, _mount
+from arena.sandbox.zygote import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWPID,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REMOUNT,
+    _check,
+    _fresh_fds,
+    _isolate,
+    _libc,
+    _mount,
+)
 
 SLOTS = "/slots"                  # where the slot's folder of job folders is bound
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 PRELOAD = ("torchaudio.functional", "foolbox")
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 253                     # the kernel's limit for one message (SCM_MAX_FD)
-CLONE_NEWCGROUP = 0x02000000
 PR_SET_PDEATHSIG = 1
 
 
@@ -67,7 +78,7 @@ def _enter_job(jobdir: str, cap_tmp: dict | None, rlimits: dict) -> None:
     _mount("tmpfs", SLOTS, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,nr_inodes=4,mode=0755")
     os.chdir("/tmp")
     for name, value in rlimits.items():
-        soft, hard = resource.getrlimit(RLIMITS[name])
+        hard = resource.getrlimit(RLIMITS[name])[1]
         want = [int(v) for v in value]
         # only ever lower: a hard limit above the server's is kept at the server's
         cap = [min(w, hard) if hard != resource.RLIM_INFINITY else w for w in want]

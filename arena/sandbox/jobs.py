@@ -531,7 +531,8 @@ class Launch:
                                   max_tasks=int(limits.max_procs) + TASK_SLACK + 2 * rounds,
                                   cpu_s=limits.cpu_s * max(1, rounds),
                                   max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
-        rlimits = bwrap.make_preexec(limits, setup.gpu)
+        rlimit_values = bwrap.rlimit_values(limits, setup.gpu)   # (a /proc scan: once)
+        rlimits = bwrap.make_preexec(rlimit_values)
 
         def preexec():
             self.control.preexec()
@@ -548,18 +549,10 @@ class Launch:
         self.t0 = time.time()
         self.start_error: str | None = None
         try:
-            server = self._slot(jobdir, env, len(fds) + 1)
-            if server is not None:   # forked by this thread's fork server (slot.py)
-                request = {"requests": req_r is not None, "rounds": bool(rounds),
-                           "cap_tmp": {"bytes": int(limits.tmp_mb) << 20, "files": int(limits.max_files)},
-                           "rlimits": bwrap.rlimit_values(limits, False)}
-                try:
-                    self.proc = _Served(server, jobdir, [data_w, log_w, *fds[1:]], request, self.control)
-                except slot.SlotError:
-                    server = None
-                    self.control.inherit(0)   # a sandbox of its own, with the whole limit
-            if server is not None:
-                pass
+            served = self._served(jobdir, env, [data_w, log_w, *fds[1:]], req_r is not None,
+                                  bool(rounds), rlimit_values)
+            if served is not None:   # forked by the process's fork server (slot.py)
+                self.proc = served
             elif setup.trusted:
                 self.proc = subprocess.Popen(argv + [str(jobdir)] + args, stdin=subprocess.DEVNULL,
                                              stdout=log_w, stderr=subprocess.STDOUT,
@@ -594,12 +587,25 @@ class Launch:
         self.logger.start()
         self.control.watch(self.proc.pid, self.kill, inside_pid=self.proc.child_pid)
 
-    def _slot(self, jobdir: Path, env: dict[str, str], n_fds: int) -> slot.Slot | None:
+    def _served(self, jobdir: Path, env: dict[str, str], fds: list[int], requests: bool,
+                rounds: bool, rlimit_values: dict) -> _Served | None:
+        """The job forked by the process's slot, or None where no slot serves it (then it is
+        a sandbox of its own)."""
         setup, c = self.setup, self.control
-        if (setup.trusted or not setup.map_uid or setup.gpu or not slot.enabled() or n_fds > slot.MAX_FDS
+        if (setup.trusted or not setup.map_uid or setup.gpu or not slot.enabled() or len(fds) > slot.MAX_FDS
                 or not (c.memory and c.pids and c.cpu) or not slot.in_root(jobdir)):
             return None
-        return slot.current(env, setup.limits.tmp_mb, SandboxLimits())
+        server = slot.current(env, setup.limits.tmp_mb, SandboxLimits())
+        if server is None:
+            return None
+        limits = setup.limits
+        request = {"requests": requests, "rounds": rounds, "rlimits": rlimit_values,
+                   "cap_tmp": {"bytes": int(limits.tmp_mb) << 20, "files": int(limits.max_files)}}
+        try:
+            return _Served(server, jobdir, fds, request, c)
+        except slot.SlotError:
+            c.inherit(0)   # a sandbox of its own, with the whole limit
+            return None
 
     def kill(self) -> None:
         self.control.kill_members()   # a served job: its keeper and all below it, not the server

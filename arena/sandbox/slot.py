@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 
 from arena.sandbox import bwrap
 from arena.sandbox.channel import PipeReader
@@ -99,10 +98,9 @@ class Slot:
     def __init__(self, root: str, env: dict[str, str], tmp_mb: int, limits):
         self.root, self.owner = root, os.getpid()
         # what the sandbox was made with: a job that would be made otherwise needs another
-        self.key = (root, bwrap.host_uid(), tuple(sorted(env.items())), int(tmp_mb))
+        self.key = _key(root, env, tmp_mb)
         self.dead = False
         self.proc = None
-        self.start_s = 0.0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()                  # one sender at a time
         self._waiting: dict[int, queue.SimpleQueue] = {}
@@ -146,7 +144,8 @@ class Slot:
             theirs.close()
             raise SlotError("no memory cgroup for the slot")
         own = ("as", "fsize", "cpu", "nofile", "nproc")
-        rlimits = bwrap.make_preexec(limits, False, {n: resource.getrlimit(bwrap.RLIMITS[n]) for n in own})
+        rlimits = bwrap.make_preexec({**bwrap.rlimit_values(limits, False),
+                                      **{n: resource.getrlimit(bwrap.RLIMITS[n]) for n in own}})
 
         def preexec():
             self.control.preexec()
@@ -157,7 +156,6 @@ class Slot:
         fd = theirs.fileno()
         cmd = bwrap.build_command(empty, bwrap.worker_argv() + ["--slot", str(fd)], env=env,
                                   tmp_mb=tmp_mb, map_uid=True, slots=self.root)
-        t0 = time.time()
         try:
             self.proc = bwrap.spawn(cmd, preexec=preexec, stdout=log_w, map_uid=True, pass_fds=(fd,))
         except BaseException:
@@ -180,7 +178,6 @@ class Slot:
         except (SlotError, OSError, ValueError) as e:
             self._close()
             raise SlotError(str(e)) from None
-        self.start_s = time.time() - t0
         if ready.get("refused"):
             Slot.refused = str(ready["refused"])
             self._close()
@@ -287,16 +284,16 @@ class Slot:
             pass
         if getattr(self, "control", None) is None:
             return
-        self.control.kill_members()
+        self._kill()
         proc, self.proc = self.proc, None
         if proc is not None:
-            try:
-                os.killpg(proc.pid, 9)
-            except OSError:
-                pass
             proc.wait()
         self.control.finish()
         self.log.stop()
+
+
+def _key(root: str, env: dict[str, str], tmp_mb: int) -> tuple:
+    return root, bwrap.host_uid(), tuple(sorted(env.items())), int(tmp_mb)
 
 
 _slots: dict[tuple, Slot] = {}    # by what their sandbox was made with (Slot.key)
@@ -311,7 +308,7 @@ def current(env: dict[str, str], tmp_mb: int, limits) -> Slot | None:
         root = _root[0] if _root else None
     if Slot.refused is not None or root is None:
         return None
-    key = (root, bwrap.host_uid(), tuple(sorted(env.items())), int(tmp_mb))
+    key = _key(root, env, tmp_mb)
     with _slot_lock:
         for k, s in list(_slots.items()):
             if s.owner != os.getpid():
