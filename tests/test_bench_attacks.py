@@ -4,6 +4,7 @@ the FLOP-utilisation measurement. Tiny random models; no timing assertions beyon
 import collections
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -209,7 +210,7 @@ def test_bench_attacks_cli_small_real_run(tmp_path, monkeypatch, net):
         ("art", 2), ("art", 4), ("art-frozen", 2), ("art-frozen", 4), ("ours", 1), ("ours", 2), ("ours", 4)]
     assert r["art_frozen_batch_size"] in (2, 4)
     assert r["ratio_vs_art_frozen"] == pytest.approx(r["ours_utt_per_s"] / r["art_frozen_utt_per_s"])
-    assert r["repeats"] == 2
+    assert r["repeats"] == 2 and r["art_process"] == "a fresh fork per run"
     for run in r["runs"]:
         assert -1.0 <= run["delta_wer"] <= 10.0
         assert len(run["rounds_s"]) == 2 and run["seconds"] == min(run["rounds_s"])  # fastest round
@@ -223,6 +224,18 @@ def test_bench_attacks_cli_small_real_run(tmp_path, monkeypatch, net):
     assert r["ratio_vs_art_frozen_attack_only_cpu"] > 0
     best = max((x for x in r["runs"] if x["impl"] == "art"), key=lambda x: x["utt_per_s"])
     assert r["art_delta_wer"] == best["delta_wer"]
+
+
+def test_art_runs_in_a_fresh_fork_and_its_errors_come_back():
+    from arena.bench.attacks import _in_fresh_fork
+
+    seen = []
+    pid = _in_fresh_fork(lambda: seen.append(1) or os.getpid())
+    assert pid != os.getpid() and not seen   # another process: nothing it did is here
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        _in_fresh_fork(lambda: 1 / 0)
+    with pytest.raises(RuntimeError, match="died"):
+        _in_fresh_fork(os._exit, 3)
 
 
 def test_mfu_counts_flops_and_reports_no_peak_on_cpu():

@@ -274,9 +274,10 @@ def _fake_jobs(n, meeting: Path):
 
 
 def _fake_fn(job):
-    # the model file arrived through the object store, into a folder of this task
+    # the model file arrived through the object store, into a job folder of this worker
+    # (swept by the node's next job if the worker is killed)
     assert job.model.path.read_bytes().startswith(b'"""The Ray executor on a real local')
-    assert job.model.path.parent.name == "model" and "arena-ray-" in str(job.model.path)
+    assert job.model.path.parent.name == "model" and "/arena-job-" in str(job.model.path)
     Path(job.meeting, str(job.i)).touch()
     deadline = time.time() + 60
     while len(os.listdir(job.meeting)) < 2 and time.time() < deadline:

@@ -117,6 +117,36 @@ def test_a_served_job_sees_its_own_input_only(tmp_path):
     assert seen["uid"] == bwrap.INNER_UID and set(seen["tmp"]) <= bound, seen
 
 
+FAULTS = '''
+import json, resource
+import torch
+from arena import Defense
+
+class P(Defense):
+    def transcribe(self, batch, model):
+        faults = []
+        for _ in range(4):   # 36 MB in buffers of 1 to 8 MB, freed, four times
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            buffers = [torch.ones(n * 262144) for n in range(1, 9)]
+            del buffers
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return [json.dumps(faults)] * len(batch.ids)
+'''
+
+
+def test_a_served_job_keeps_the_memory_it_frees(tmp_path):
+    """worker.keep_freed_memory: buffers freed and made again are not page-faulted in again
+    (glibc's defaults trim the heap and map big buffers afresh: thousands of faults a round)."""
+    from arena.zoo import registry
+
+    r = run_defense_job(_spec(tmp_path, FAULTS), registry.resolve("dense"), _rounds([1])[0])
+    assert r.status == "ok", r.error
+    _served()
+    faults = json.loads(r.batches[0].transcripts[0])
+    assert faults[0] > 4000, faults   # 36 MB touched the first time: 9,000 pages
+    assert max(faults[2:]) < faults[0] / 20, faults
+
+
 def test_a_killed_served_job_leaves_the_slot_working(tmp_path):
     """A job killed at its wall-clock limit takes its processes with it, not the server:
     the next job is forked by the same server."""

@@ -4,10 +4,11 @@ from arena.sandbox.jobs import (
     BatchOutcome,
     JobResult,
     SandboxLimits,
+    new_jobdir,
     run_attack_job,
     run_defense_job,
     run_defense_rounds,
 )
 
 __all__ = ["SandboxUnavailable", "SandboxLimits", "BatchOutcome", "JobResult", "run_attack_job",
-           "run_defense_job", "run_defense_rounds"]
+           "run_defense_job", "run_defense_rounds", "new_jobdir"]

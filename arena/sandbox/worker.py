@@ -28,6 +28,8 @@ from arena.sandbox.control import FILES_SLACK
 T0 = time.time()
 MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
 KEYCTL_JOIN_SESSION_KEYRING = 1
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters (malloc.h)
+MMAP_THRESHOLD_MAX = 32 << 20   # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 WRITABLE = ("/tmp", "/dev/shm")   # the sandbox's only writable places (bwrap.build_command)
 
@@ -52,6 +54,22 @@ def _cap_writable(size_bytes: int, max_files: int) -> bool:
         ok &= libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV,
                          opts.encode()) == 0
     return ok
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process: a fixed mmap threshold at its
+    ceiling and no trimming of the heap. With the defaults, the buffers of every forward
+    and backward (megabytes each, a new set per attack step) are handed back to the
+    kernel when freed and page-faulted in again on the next step: in a fresh process 40
+    forward+backward steps at 4 shapes took 3x the page faults and 10-19% more CPU time
+    (medians of 6). The lever of the caching allocators PyTorch's CPU tuning guide
+    recommends (tcmalloc did as well here; jemalloc, returning memory on a timer, worse);
+    the peak memory is unchanged. False where the C library is not glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+                and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def new_session_keyring() -> None:
@@ -137,6 +155,7 @@ def main(jobdir: str, fd: int, request_fd: int | None = None,
 
     threads = int(job.get("threads", 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    keep_freed_memory()
     import torch
     from safetensors.torch import load_file
 

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from arena.plugins.spec import submission_files
+from arena.sandbox import new_jobdir
 from arena.score.executor import Outcome
 from arena.score.plan import AdaptiveJob, AttackJob, DefenseGroup
 from arena.submissions.entries import Entry
@@ -103,8 +103,10 @@ def _localised(job, tmp: Path, submission, model: np.ndarray):
 
 
 def run_on_worker(fn: Callable[[Any], Any], job, submission, model: np.ndarray):
-    """What a Ray task runs: materialise the job's files on this node, run fn(job)."""
-    tmp = Path(tempfile.mkdtemp(prefix="arena-ray-"))
+    """What a Ray task runs: materialise the job's files on this node, run fn(job). Their
+    folder is one of this process's job folders: swept by the next job of the node if a
+    killed worker leaves it."""
+    tmp = new_jobdir(None)
     try:
         return fn(_localised(job, tmp, submission, model))
     finally:
