@@ -25,7 +25,7 @@ from arena.core import paths
 
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
 CRASH = "from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n" \
-        "        raise ValueError('boom at step 3')\n"
+        "        raise ValueError('boom at step 3 \\ud800')\n"   # a lone surrogate: no character
 NAN = "from arena import Attack\nclass P(Attack):\n    def run(self, batch, model, budget):\n" \
       "        return batch.wave * float('nan')\n"
 HANG = "from arena import Defense\nclass P(Defense):\n    def purify(self, wave, lengths):\n" \
@@ -110,7 +110,7 @@ def test_failing_submissions_show_with_their_error_and_do_not_stop_the_run(world
         board = lb_build.build(store.cells(), store.meta())
     attacks = {r["name"]: r for r in board["attacks"]}
     assert set(attacks) == {"noop", "fgsm", "crasher", "nan-maker"}
-    assert any("boom at step 3" in e for e in attacks["crasher"]["errors"])
+    assert any("boom at step 3 ?" in e for e in attacks["crasher"]["errors"])   # stored, as "?"
     assert any("NaN" in e for e in attacks["nan-maker"]["errors"])
     assert not attacks["fgsm"]["errors"] and not attacks["noop"]["errors"]
     # failure policy: a failed attack is scored on the clean audio, so it gains nothing

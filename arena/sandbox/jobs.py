@@ -162,6 +162,7 @@ class UntrustedJSONError(ValueError):
 
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r'[^\[\]{}]+')
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _json_int(s: str) -> int:
@@ -196,12 +197,26 @@ def parse_untrusted_json(data: bytes):
         if depth > MAX_JSON_DEPTH:
             raise UntrustedJSONError(f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
     try:
-        return json.loads(text, parse_int=_json_int, parse_float=_json_float,
-                          parse_constant=_json_constant)
+        value = json.loads(text, parse_int=_json_int, parse_float=_json_float,
+                           parse_constant=_json_constant)
     except UntrustedJSONError:
         raise
     except (ValueError, RecursionError) as e:
         raise UntrustedJSONError(f"not valid JSON ({e})") from None
+    return _no_lone_surrogates(value) if "\\u" in text else value
+
+
+def _no_lone_surrogates(value):
+    """The parsed value with every lone surrogate (a "\\ud800" escape: valid JSON, but no
+    character) replaced by "?": SQLite, files and terminals refuse to encode them, so one in
+    an error text or a transcript would make the store refuse the job's cells."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("?", value)
+    if isinstance(value, list):
+        return [_no_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _type_name(v) -> str:
@@ -531,7 +546,7 @@ class Launch:
                                   max_tasks=int(limits.max_procs) + TASK_SLACK + 2 * rounds,
                                   cpu_s=limits.cpu_s * max(1, rounds),
                                   max_files=int(limits.max_files), tmp_bytes=int(limits.tmp_mb) << 20)
-        rlimit_values = bwrap.rlimit_values(limits, setup.gpu)   # (a /proc scan: once)
+        rlimit_values = bwrap.rlimit_values(limits, setup.gpu, tasks_bounded=self.control.pids is not None)
         rlimits = bwrap.make_preexec(rlimit_values)
 
         def preexec():

@@ -6,6 +6,7 @@ of a defense group not yet complete): cells are written atomically and claims ar
 """
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -118,12 +119,16 @@ class Driver:
             self._harness_error(job, error or RuntimeError("the job returned nothing"))
             return
         self.report.account(out)
-        if not isinstance(job, (AttackJob, AdaptiveJob)) or job.record:
-            self._record(out.cells)
-        else:  # audio regenerated for cells that already exist
-            for cell in out.cells:
-                if cell.waves is not None:
-                    self.store.write_waves(cell.key, cell.waves)
+        try:
+            if not isinstance(job, (AttackJob, AdaptiveJob)) or job.record:
+                self._record(out.cells)
+            else:  # audio regenerated for cells that already exist
+                for cell in out.cells:
+                    if cell.waves is not None:
+                        self.store.write_waves(cell.key, cell.waves)
+        except (sqlite3.Error, OSError, ValueError, TypeError) as e:
+            # a cell the store refuses loses this job's unwritten cells, not the run
+            self._harness_error(job, e)
 
     def _record(self, cells: list[Cell]) -> None:
         for cell in cells:
