@@ -12,6 +12,7 @@ import torch
 from arena.core import paths
 from arena.core.audio import AudioBatch
 from arena.sandbox import SandboxLimits, bwrap, run_attack_job, run_defense_job
+from arena.sandbox.control import TASK_SLACK
 from arena.submissions.manifest import plugin_spec
 
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
@@ -195,7 +196,10 @@ def test_fork_bomb_is_capped_and_killed(tmp_path, model_file):
     assert r.status == "timeout" and "wall-clock" in r.error
     assert not r.batches[0].ok
     if bwrap.as_root():
-        assert 0 < peak[0] <= 24 + 2, f"{peak[0]} sandbox processes: RLIMIT_NPROC did not hold"
+        # bounded by the job's pids cgroup (which also holds the sandbox's own processes),
+        # or where there is none by RLIMIT_NPROC
+        bound = 24 + (TASK_SLACK if "pids: cgroup" in r.limits_via else 2)
+        assert 0 < peak[0] <= bound, f"{peak[0]} sandbox processes: the process limit did not hold"
     assert_good_still_runs(tmp_path, model_file)
 
 

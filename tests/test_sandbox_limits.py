@@ -641,6 +641,16 @@ def test_hostile_status_json_gives_a_clear_error(tmp_path):
         assert status == {} and why and why.startswith("status.json") and expect in why, (name, why)
 
 
+
+def test_lone_surrogates_in_job_json_become_question_marks():
+    """A "\\ud800" escape is valid JSON but no character: SQLite (and any UTF-8 file or
+    terminal) refuses it, so it must not reach the store in an error text or a transcript."""
+    value = jobs.parse_untrusted_json(
+        b'{"load_error": "a\\ud800b", "\\udfff": ["\\ud83d\\ude00 ok", {"t": "\\udc00"}]}')
+    assert value == {"load_error": "a?b", "?": ["\U0001F600 ok", {"t": "?"}]}   # a pair stays
+    for text in (value["load_error"], value["?"][0]):
+        text.encode("utf-8")
+
 STATUS_FORGER = r'''
 import os, sys
 from arena import Attack
@@ -664,3 +674,68 @@ def test_forged_status_from_inside_the_sandbox(tmp_path, model_file, kind, expec
     assert r.status == "error" and "status.json" in r.error and expect in r.error, r.error
     assert "Traceback" not in r.error
     assert not r.batches[0].ok and r.forward_calls == 0
+
+
+# ---------------------------------------------------------------- jobs side by side
+
+THREAD_HOG = r'''
+import threading, time
+from arena import Attack
+class P(Attack):
+    def run(self, batch, model, budget):
+        n = 0
+        try:
+            while n < 1000:   # as many as it may start
+                threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+                n += 1
+        except RuntimeError:
+            pass
+        time.sleep(5)
+        return batch.wave
+'''
+WANTS_THREADS = r'''
+import threading, time
+from arena import Defense
+class P(Defense):
+    def transcribe(self, batch, model):
+        time.sleep(3)          # meanwhile the other job takes its whole allowance
+        threads = [threading.Thread(target=time.sleep, args=(0.01,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return ["eight threads"] * len(batch.ids)
+'''
+
+
+def test_a_jobs_threads_do_not_stop_a_rival_starting_its_own(tmp_path, model_file, monkeypatch):
+    """Every job runs as the same host user, and RLIMIT_NPROC counts per user: a bound
+    there is shared by the jobs in flight, so a job that took its whole allowance made a
+    running rival's thread start fail (its cells stored as failures). A job with a pids
+    cgroup of its own is bounded there instead."""
+    needs_root()
+    monkeypatch.setenv("ARENA_SANDBOX_UID", str(HOG_UID))
+    rival_sub = make_sub(tmp_path, "rival", WANTS_THREADS, "defense")
+    hog_sub = make_sub(tmp_path, "hog", THREAD_HOG)
+    out: dict = {}
+    rival = threading.Thread(target=lambda: out.setdefault("rival", run_defense_job(
+        plugin_spec(rival_sub), model_file, [batch("r")], limits=limits(wall_s=60))))
+    rival.start()
+    deadline = time.time() + 30
+    while bwrap.count_threads(HOG_UID) == 0 and time.time() < deadline:   # the rival runs
+        time.sleep(0.02)
+    started = time.time()
+    hog = threading.Thread(target=lambda: out.setdefault("hog", run_attack_job(
+        plugin_spec(hog_sub), model_file, [batch("h")], "snr30", limits=limits(wall_s=60))))
+    hog.start()
+    while bwrap.count_threads(HOG_UID) < 60 and time.time() < deadline:
+        time.sleep(0.02)
+    full_after = time.time() - started
+    rival.join()
+    hog.join()
+    assert out["hog"].status == "ok", out["hog"].error
+    r = out["rival"]
+    if "pids: cgroup" not in r.limits_via:
+        pytest.skip(f"no pids cgroup here ({r.limits_via}): RLIMIT_NPROC is the only bound")
+    assert full_after < 2.5, f"the hog took {full_after:.1f} s to fill: the order was not tested"
+    assert r.status == "ok" and r.batches[0].transcripts == ["eight threads"], r.error

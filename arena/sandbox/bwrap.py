@@ -303,14 +303,21 @@ def count_threads(uid: int) -> int:
 PR_SET_PDEATHSIG = 1
 
 
-def rlimit_values(limits, gpu: bool) -> dict[str, tuple[int, int]]:
-    """The per-process limits of one job: {name: (soft, hard)} (names as in RLIMITS)."""
+def rlimit_values(limits, gpu: bool, tasks_bounded: bool = False) -> dict[str, tuple[int, int]]:
+    """The per-process limits of one job: {name: (soft, hard)} (names as in RLIMITS).
+    `tasks_bounded`: the job has a pids cgroup of its own (JobControl), which bounds its
+    processes and threads; RLIMIT_NPROC is then left at the harness's own. It counts every
+    process of the user, and every job runs as the same host user: a bound there is shared
+    by the jobs in flight, so one job's threads could make a rival's thread start fail."""
     mem = int(limits.memory_mb) * 1024 * 1024
     fsize = int(limits.max_file_mb) * 1024 * 1024
     cpu = int(limits.cpu_s)
     nofile = int(limits.max_open_files)
-    uid = host_uid() if as_root() else os.getuid()
-    nproc = int(limits.max_procs) + count_threads(uid)
+    if tasks_bounded:
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    else:   # the fallback: this job's share on top of what the user runs now
+        uid = host_uid() if as_root() else os.getuid()
+        nproc = int(limits.max_procs) + count_threads(uid)
     # CUDA reserves huge virtual ranges: cap the data segment instead of the address space
     return {"data" if gpu else "as": (mem, mem), "fsize": (fsize, fsize), "cpu": (cpu, cpu + 5),
             "nofile": (nofile, nofile), "nproc": (nproc, nproc), "core": (0, 0)}
