@@ -10,9 +10,11 @@ import gzip
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from arena.sandbox import SandboxLimits, run_defense_job
 from arena.sandbox.jobs import effective_limits
 from arena.score.store import ResultsStore
 from arena.submissions.manifest import SubmissionError, content_hash, load_manifest, plugin_spec
-from arena.submissions.submit import MAX_FILES, unpack
+from arena.submissions.submit import MAX_FILES, submit, unpack
 from arena.submissions.validate import synthetic_batches, tiny_model_file, validate
 
 TOML = 'name = "{name}"\ntrack = "{track}"\nentry = "plugin:P"\nauthors = ["t"]\nversion = "1"\n'
@@ -301,6 +303,148 @@ def test_tar_of_a_folder_made_with_dot_unpacks(tmp_path, arena_dirs):
     with tarfile.open(archive, "w:gz") as t:
         t.add(src, arcname=".")
     assert (unpack(archive, tmp_path / "out") / "submission.toml").is_file()
+
+
+def _dot_entries(path: Path, count: int, name: str = "./") -> Path:
+    """A .tar.gz of `count` copies of one folder entry (a few bytes each, gzipped)."""
+    one = tarfile.TarInfo(name)
+    one.type, one.mode = tarfile.DIRTYPE, 0o755
+    block = one.tobuf(format=tarfile.USTAR_FORMAT)
+    with gzip.open(path, "wb", compresslevel=9) as g:
+        for _ in range(count // 10_000):
+            g.write(block * 10_000)
+        g.write(block * (count % 10_000) + b"\0" * 1024)
+    return path
+
+
+def test_repeated_folder_entries_count_against_the_limit(tmp_path, arena_dirs):
+    # before: "./" entries were skipped before being counted and a repeated "d/" counted
+    # once, while tarfile kept every header in memory: 1.6 M "./" entries (3.5 MB) were
+    # accepted after 60 s and 600 MB; the 200,000 here were accepted too (RSS grew 20 MB).
+    # Now every member counts and the 2,003rd is refused
+    bomb = _dot_entries(tmp_path / "dots.tar.gz", 200_000)
+    out = subprocess.run([sys.executable, "-c", PEAK, str(bomb), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert ("refused: dots.tar.gz: archive has more than 2002 members (the limit is 2000 "
+            "files and folders") in out.stdout, out.stdout
+    assert int(out.stdout.split("grew_mb")[1]) < 64, out.stdout
+    with pytest.raises(SubmissionError, match=r"dirs\.tar\.gz: archive has more than 2002 members"):
+        unpack(_dot_entries(tmp_path / "dirs.tar.gz", 5000, "d/"), tmp_path / "out2")
+    res = CliRunner().invoke(main, ["submit", str(bomb)])
+    assert_clean_cli_error(res, "dots.tar.gz", "more than 2002 members")
+    # the most a real archive holds: "./", one top folder and 2,000 entries under it
+    src = make_sub(tmp_path / "full" / "top")
+    for i in range(MAX_FILES - 2):
+        (src / f"f{i}").write_bytes(b"")
+    full = tmp_path / "full.tgz"
+    with tarfile.open(full, "w:gz") as t:
+        t.add(tmp_path / "full", arcname=".")
+    assert len(submission_files(unpack(full, tmp_path / "out3"))) == MAX_FILES
+
+
+def test_encrypted_zip_member_is_refused(tmp_path, arena_dirs):
+    # before: zipfile raised RuntimeError ("password required"), uncaught: a traceback
+    make_sub(tmp_path / "plain")
+    archive = tmp_path / "locked.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "plain" / "submission.toml", "submission.toml")
+        z.write(tmp_path / "plain" / "plugin.py", "plugin.py")
+    raw = bytearray(archive.read_bytes())
+    at = raw.find(b"PK\x01\x02", raw.find(b"PK\x01\x02") + 4)   # plugin.py's directory entry
+    raw[at + 8] |= 1                                             # "encrypted"
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(SubmissionError, match=r"locked\.zip: archive member 'plugin\.py' is "
+                                              r"encrypted; refused"):
+        unpack(archive, tmp_path / "out")
+    res = CliRunner().invoke(main, ["submit", str(archive)])
+    assert_clean_cli_error(res, "locked.zip", "'plugin.py' is encrypted")
+
+
+def _three_member_tar(path: Path, mode: str) -> bytes:
+    with tarfile.open(path, mode) as t:
+        for name, size in (("submission.toml", 100), ("plugin.py", 3000), ("weights.bin", 20000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            t.addfile(info, io.BytesIO(b"x" * size))
+    return path.read_bytes()
+
+
+def test_truncated_or_corrupt_tar_is_refused(tmp_path):
+    # before: tarfile stops quietly at a missing or unreadable header, so these unpacked
+    # "OK" with plugin.py or weights.bin missing
+    whole = _three_member_tar(tmp_path / "t.tar", "w")
+    bad = tmp_path / "bad.tar"
+    end_of_plugin = 512 + 512 + 512 + 3072       # headers and padded data of two members
+    end_of_weights = end_of_plugin + 512 + 20480
+    cases = {
+        "cut after a member": (whole[:end_of_plugin], "truncated"),
+        "cut before the end marker": (whole[:end_of_weights], "truncated"),
+        "cut inside the end marker": (whole[:end_of_weights + 100], "truncated"),
+        "bad 2nd header": (whole[:1024 + 148] + bytes([whole[1024 + 148] ^ 0x55])
+                           + whole[1024 + 149:], "unreadable member header"),
+        "data after the end": (whole + b"junk" + b"\0" * 508, "after the end-of-archive marker"),
+        "two archives": (whole + whole, "after the end-of-archive marker"),
+    }
+    for label, (data, words) in cases.items():
+        bad.write_bytes(data)
+        with pytest.raises(SubmissionError, match=r"bad\.tar: .*" + words):
+            unpack(bad, tmp_path / label)
+    # compressed: cut at a member boundary of the tar inside, every gzip trailer intact
+    gz = tmp_path / "bad.tar.gz"
+    gz.write_bytes(gzip.compress(whole[:end_of_plugin]))
+    with pytest.raises(SubmissionError, match=r"bad\.tar\.gz: .*truncated"):
+        unpack(gz, tmp_path / "gz1")
+    # a gzip stream that is itself cut short (its CRC trailer gone) is refused too
+    gz.write_bytes(gzip.compress(whole)[:-10])
+    with pytest.raises(SubmissionError, match=r"bad\.tar\.gz: not a readable archive"):
+        unpack(gz, tmp_path / "gz2")
+
+
+def test_ordinary_tars_still_unpack(tmp_path):
+    src = make_sub(tmp_path / "src" / "sub")
+    (src / "pkg").mkdir()
+    (src / "pkg" / "w.bin").write_bytes(bytes(range(256)) * 40)
+    made = []
+    for mode, ext in (("w", "tar"), ("w:gz", "tar.gz"), ("w:bz2", "tar.bz2")):
+        for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+            p = tmp_path / f"py{fmt}.{ext}"
+            with tarfile.open(p, mode, format=fmt) as t:
+                t.add(src, arcname="sub")
+            made.append(p)
+    _three_member_tar(tmp_path / "three.tar", "w")
+    made.append(tmp_path / "three.tar")
+    if shutil.which("tar"):
+        for flags, ext in (("czf", "tgz"), ("cf", "tar"), ("cjf", "tar.bz2")):
+            for where, arg in ((tmp_path / "src", "sub"), (src, ".")):
+                p = tmp_path / f"gnu-{flags}-{arg.strip('.') or 'dot'}.{ext}"
+                subprocess.run(["tar", "-C", str(where), f"-{flags}", str(p), arg], check=True)
+                made.append(p)
+        p = tmp_path / "gnu-b128.tar"   # a large blocking factor: 64 KiB of end padding
+        subprocess.run(["tar", "-C", str(tmp_path / "src"), "-b", "128", "-cf", str(p), "sub"],
+                       check=True)
+        made.append(p)
+    for i, p in enumerate(made):
+        out = unpack(p, tmp_path / f"out{i}")
+        want = 3 if p.name == "three.tar" else 40 * 256
+        got = (out / "weights.bin") if p.name == "three.tar" else (out / "pkg" / "w.bin")
+        assert got.is_file() and (p.name == "three.tar" or got.stat().st_size == want), p.name
+
+
+def test_install_drops_only_the_top_level_record(tmp_path, arena_dirs):
+    # before: copytree's ignore_patterns dropped every file named SUBMISSION.json, so
+    # pkg/SUBMISSION.json was validated and hashed but missing once installed
+    sub = make_sub(tmp_path / "rec", name="rec-nested")
+    (sub / "pkg").mkdir()
+    (sub / "pkg" / "SUBMISSION.json").write_text('{"tuning": 1}')
+    (sub / "SUBMISSION.json").write_text('{"source": "/host/path"}')
+    record = submit(sub)
+    installed = arena_dirs / "rec-nested"
+    assert (installed / "pkg" / "SUBMISSION.json").read_text() == '{"tuning": 1}'
+    assert json.loads((installed / "SUBMISSION.json").read_text())["name"] == "rec-nested"
+    assert record["content_hash"] == content_hash(sub) == content_hash(installed)
+    assert sorted(f.rel for f in submission_files(installed)) == sorted(
+        f.rel for f in submission_files(sub))
 
 
 # ------------------------------------------------------------------ the content hash

@@ -30,6 +30,8 @@ MAX_FILES = MAX_ENTRIES          # files and folders together
 DEFAULT_MAX_MB = 50
 MAX_HEADER_BYTES = 64 * 1024     # largest single read from a tar stream (headers included)
 MAX_ZIP_DIRECTORY = 2 << 20      # central directory of a zip: ~46 bytes + name per entry
+MAX_TAR_MEMBERS = MAX_FILES + 2  # + the archive's own "./" and a single top-level folder
+MAX_TAR_PADDING = 1 << 20        # zeros after a tar's end-of-archive marker (record padding)
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -158,6 +160,9 @@ def _unzip(path: Path, dest: Path, counter: _Counter) -> None:
             if info.is_dir() and _is_top(info.filename):
                 continue
             rel = _safe_member(info.filename)
+            if info.flag_bits & 0x41:   # bit 0: encrypted; bit 6: strong encryption
+                raise SubmissionError(f"{path.name}: archive member {info.filename!r} is "
+                                      "encrypted; refused (submit an unencrypted archive)")
             mode = (info.external_attr >> 16) & 0xFFFF
             if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 kind = "symlink" if stat.S_ISLNK(mode) else "special file"
@@ -179,6 +184,7 @@ class _CappedReads:
         self._f, self._name = f, name
         self.in_data = False      # True while a member's own bytes are being copied
         self.header_bytes = 0     # read since the last member came out
+        self.last = b""           # what the latest read returned (at the end: the last header)
 
     def read(self, n=-1):
         if n is None or n < 0 or n > MAX_HEADER_BYTES:
@@ -190,7 +196,17 @@ class _CappedReads:
             if self.header_bytes > MAX_HEADER_BYTES:
                 raise SubmissionError(f"{self._name}: the headers of one archive member take "
                                       f"more than {MAX_HEADER_BYTES // 1024} KiB; refused")
-        return self._f.read(n)
+        self.last = self._f.read(n)
+        return self.last
+
+    def read_rest(self) -> bytes:
+        """Everything after the end-of-archive marker, refused beyond MAX_TAR_PADDING; reading
+        to the end also makes gzip / bz2 check their trailers."""
+        rest = self._f.read(MAX_TAR_PADDING + 1)
+        if len(rest) > MAX_TAR_PADDING:
+            raise SubmissionError(f"{self._name}: more than {MAX_TAR_PADDING >> 20} MB after the "
+                                  "end-of-archive marker; refused")
+        return rest
 
     def seek(self, *args):
         return self._f.seek(*args)
@@ -215,13 +231,42 @@ def _untar(path: Path, dest: Path, counter: _Counter) -> None:
     with _open_tar_stream(path) as stream:
         capped = _CappedReads(stream, path.name)
         with tarfile.open(fileobj=capped, mode="r:") as t:
-            _untar_members(t, capped, dest, counter)
+            _untar_members(t, capped, dest, counter, path.name)
+            _check_tar_end(t, capped, path.name)
 
 
-def _untar_members(t: tarfile.TarFile, capped: _CappedReads, dest: Path, counter: _Counter) -> None:
-    declared = 0
-    for member in t:  # members come one at a time; their header reads are capped
+def _check_tar_end(t: tarfile.TarFile, capped: _CappedReads, name: str) -> None:
+    """tarfile ends the member list quietly at a missing, short or unreadable header, so a
+    truncated archive or one with a corrupt later header would unpack with members missing.
+    A whole archive ends with a zero block (tar's end-of-archive marker) at the offset where
+    tarfile stopped, then zero padding only, up to the end of the (checked) stream."""
+    block = capped.last   # the header read that ended the list
+    if len(block) < tarfile.BLOCKSIZE:
+        raise SubmissionError(f"{name}: archive is truncated: it ends at byte {t.offset} without "
+                              "tar's end-of-archive marker; refused")
+    if block.count(0) != len(block):
+        raise SubmissionError(f"{name}: archive is corrupt: unreadable member header at byte "
+                              f"{t.offset}; refused")
+    rest = capped.read_rest()
+    if rest.count(0) != len(rest):
+        raise SubmissionError(f"{name}: archive has data after the end-of-archive marker at byte "
+                              f"{t.offset} (a second archive joined on?); refused")
+
+
+def _untar_members(t: tarfile.TarFile, capped: _CappedReads, dest: Path, counter: _Counter,
+                   name: str) -> None:
+    declared = seen = 0
+    while True:  # members come one at a time; their header reads are capped
+        member = t.next()
+        t.members.clear()   # tarfile keeps every header it reads: none is needed again
+        if member is None:
+            break
         capped.header_bytes = 0
+        seen += 1   # every member counts, skipped and repeated ones included
+        if seen > MAX_TAR_MEMBERS:
+            raise SubmissionError(f"{name}: archive has more than {MAX_TAR_MEMBERS} members (the "
+                                  f"limit is {MAX_FILES} files and folders; repeated and './' "
+                                  "entries count); refused")
         if member.isdir() and _is_top(member.name):
             continue
         rel = _safe_member(member.name)
@@ -321,8 +366,7 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
             raise SubmissionError("validation failed:\n" + "\n".join(f"- {e}" for e in report.errors))
         staging = Path(tempfile.mkdtemp(prefix=f".{manifest.name}-", dir=_ensure(paths.submissions_dir())))
         try:
-            shutil.copytree(folder, staging, dirs_exist_ok=True, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", RECORD))
+            _install_copy(folder, staging)
             record = {"name": manifest.name, "track": manifest.track, "version": manifest.version,
                       "authors": manifest.authors, "content_hash": content_hash(staging),
                       "submitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -340,6 +384,22 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return record
+
+
+def _install_copy(folder: Path, staging: Path) -> None:
+    """Copy exactly the entries submission_files lists (what was validated and what the
+    content hash covers): __pycache__/, *.pyc and only the top-level SUBMISSION.json stay out,
+    so a nested pkg/SUBMISSION.json is installed as it was validated."""
+    try:
+        files = submission_files(folder, max_entries=MAX_FILES)
+    except SubmissionFilesError as e:
+        raise SubmissionError(str(e)) from None
+    for f in files:   # sorted by path: a folder comes before what it holds
+        out = staging.joinpath(*f.rel.split("/"))
+        if f.is_dir:
+            out.mkdir(exist_ok=True)
+        else:
+            shutil.copy2(f.path, out, follow_symlinks=False)
 
 
 def _ensure(p: Path) -> Path:
