@@ -261,6 +261,7 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
     versioned), reusing the published cells, and the published board is left as it is."""
     from arena.leaderboard import render
     from arena.leaderboard.scoring import ScoreFailed, ScoreRefused, ScoreRequest, score_board
+    from arena.score.store import StoreError
 
     request = ScoreRequest(profile, split, n_utterances, manifest, _split_names(attacks),
                            _split_names(defenses), _split_names(models), device, trusted,
@@ -273,7 +274,7 @@ def score(profile, split, n_utterances, manifest, attacks, defenses, models, dev
         out = score_board(request, warn=warn)
     except ScoreRefused as e:
         raise click.UsageError(str(e)) from None
-    except ScoreFailed as e:
+    except (ScoreFailed, StoreError) as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         _echo_json({**render.to_json(out.board), "report": out.report.as_meta(),
@@ -326,13 +327,21 @@ def _site_line(site: dict, published: bool, filtered: list[str]) -> None:
 @click.option("--write", "publish_alias", is_flag=True, hidden=True)
 def leaderboard(as_json, as_csv, store_dir, local, site_dir, publish, publish_alias):
     """Print the published leaderboard (no scoring); --site DIR writes it as a site."""
+    from arena.score.store import StoreError
+
+    try:
+        _leaderboard(as_json, as_csv, store_dir, local, site_dir, publish or publish_alias)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _leaderboard(as_json, as_csv, store_dir, local, site_dir, publish):
     from pathlib import Path
 
     from arena.leaderboard import build as lb_build
     from arena.leaderboard import publish as pub
     from arena.leaderboard import render
 
-    publish = publish or publish_alias
     if publish and (store_dir or local):
         raise click.UsageError("--publish rewrites the published board from its own store; "
                                "drop --store/--local")

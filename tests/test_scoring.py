@@ -1,13 +1,17 @@
 """Scoring formulas on hand-made cells, and the results store."""
 import json
 import multiprocessing as mp
+import re
+import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pytest
 
 from arena.leaderboard import formulas
 from arena.leaderboard.build import build
-from arena.score.store import ResultsStore
+from arena.leaderboard.publish import LayeredStore, ReadOnlyStore
+from arena.score.store import SCHEMA, ResultsStore, StoreError
 
 
 def cell(kind, attack=None, budget=None, defense=None, model="dense", edits=(0, 0), words=(4, 4),
@@ -384,6 +388,98 @@ def test_two_processes_never_duplicate_a_cell(tmp_path):
     store = ResultsStore(tmp_path)
     assert store.count() == 40
     assert len({c["key"] for c in store.cells()}) == 40
+
+
+OLD_SCHEMA = """
+CREATE TABLE cells (key TEXT PRIMARY KEY, kind TEXT, attack TEXT, budget TEXT, defense TEXT,
+                    model TEXT, metrics TEXT, error TEXT, created REAL);
+CREATE TABLE claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+INSERT INTO meta VALUES ('last_run', '{"profile": "quick"}');
+"""
+
+
+def _sql(path, script: str) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(script)
+
+
+def _tree(root) -> dict:
+    """Every file and folder under root with its bytes (None for a folder)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in root.rglob("*")}
+
+
+def _unreadable_store(root, case: str) -> str:
+    """A store this code must refuse; returns what the error names."""
+    root.mkdir()
+    path = root / "results.sqlite"
+    if case == "junk":
+        path.write_bytes(b"not a database, just some bytes\n" * 200)
+        return "file is not a database"
+    if case == "old schema":
+        _sql(path, OLD_SCHEMA)
+        return "no column source_model, split, seed_tag, profile, artifact"
+    if case == "other tables":
+        _sql(path, "CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('hi');")
+        return "no table cells"
+    _sql(path, SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{case.split(' ')[-1]}');")
+    return {"version 99": "schema version 99", "version abc": "unknown schema version"}[case]
+
+
+@pytest.mark.parametrize("case", ["junk", "old schema", "other tables", "version 99", "version abc"])
+def test_a_store_that_cannot_be_read_is_refused_by_name_and_left_as_it_is(tmp_path, case):
+    root = tmp_path / "store"
+    problem = _unreadable_store(root, case)
+    before = _tree(root)
+    message = rf"{re.escape(str(root / 'results.sqlite'))}: .*{re.escape(problem)}"
+    for read in (ResultsStore, lambda r: LayeredStore(r, None), lambda r: ReadOnlyStore(r).cells(),
+                 lambda r: ReadOnlyStore(r).meta(), lambda r: ReadOnlyStore(r).get("k")):
+        with pytest.raises(StoreError, match=message):
+            read(root)
+        assert _tree(root) == before       # no byte, journal mode, table or folder added
+
+
+def test_a_cell_or_meta_that_does_not_parse_is_named_and_the_rest_stays_readable(tmp_path):
+    store = ResultsStore(tmp_path)
+    for key in ("k1", "k2", "k3"):
+        store.put(key, "clean", {"x": key})
+    store.set_meta("last_run", {"profile": "quick"})
+    _sql(store.path, "UPDATE cells SET metrics='{not json' WHERE key='k1'; "
+                     "UPDATE cells SET metrics='[1]' WHERE key='k3'; "
+                     "UPDATE meta SET value='{' WHERE name='last_run'")
+    where = re.escape(str(store.path))
+    for read in (lambda: store.get("k1"), store.cells, lambda: ReadOnlyStore(tmp_path).cells()):
+        with pytest.raises(StoreError, match=rf"{where}: cell k1 has unreadable metrics"):
+            read()
+    with pytest.raises(StoreError, match=rf"{where}: cell k3 has unreadable metrics \(not a JSON object"):
+        store.get("k3")
+    with pytest.raises(StoreError, match=rf"{where}: meta last_run is unreadable"):
+        store.meta()
+    assert store.get("k2")["metrics"] == {"x": "k2"} and store.count() == 3
+
+
+def test_a_new_store_records_its_schema_version_and_an_older_one_is_read_by_its_columns(tmp_path):
+    def version(path):
+        with closing(sqlite3.connect(path)) as db:
+            return db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchall()
+
+    new = ResultsStore(tmp_path / "new")
+    assert version(new.path) == [("1",)]
+    assert new.meta() == {}                          # the version is the store's, not the board's
+    new.set_meta("a", 1)
+    assert new.meta() == {"a": 1} and ResultsStore(new.root).meta() == {"a": 1}
+    # every store written before versions: the current columns, no version; read, not stamped
+    root = tmp_path / "unversioned"
+    root.mkdir()
+    _sql(root / "results.sqlite", SCHEMA)
+    store = ResultsStore(root)
+    assert store.put("k", "clean", {"x": 1}) and ReadOnlyStore(root).get("k")["metrics"] == {"x": 1}
+    assert version(store.path) == []
+    # an empty file (what a crash between creating and filling a store leaves) is a new store
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.sqlite").write_bytes(b"")
+    assert ResultsStore(tmp_path / "empty").count() == 0
 
 
 def test_recorded_convergence_curves_are_on_the_board_with_a_verdict_per_effort(tmp_path):

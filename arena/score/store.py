@@ -6,6 +6,11 @@ one store never duplicate a cell. Large per-cell payloads (adversarial audio) ar
 in `artifacts/`, written to a temporary name and renamed before the row that points at
 them is committed. A `claims` table lets concurrent scorers skip work another one is
 doing; a claim older than its lease is free again (its owner died).
+
+A new store records its schema version in `meta`; a store without one (written before
+versions) is read when its tables have the columns this code reads. A store that cannot be
+read (not SQLite, another schema, a cell whose metrics do not parse) raises StoreError naming
+the file, and is never changed: it is checked, read-only, before anything writes to it.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import os
 import socket
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +46,81 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 
 COLUMNS = ("key", "kind", "attack", "budget", "defense", "model", "source_model", "split",
            "seed_tag", "profile", "metrics", "error", "artifact", "created")
+TABLES = {"cells": COLUMNS, "claims": ("key", "owner", "expires"), "meta": ("name", "value")}
+SCHEMA_VERSION = 1          # raise it when the tables change (and read the older ones)
+VERSION = "schema_version"  # its name in meta; not part of meta() (the board's meta)
+
+
+class StoreError(ValueError):
+    """A results store that cannot be read; the message names its file and what is wrong."""
 
 
 class ResultsStore:
+    _checked = False   # the file's schema was checked (subclasses may open without __init__)
+
     def __init__(self, root):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.artifacts = self.root / "artifacts"
-        self.artifacts.mkdir(exist_ok=True)
         self.path = self.root / "results.sqlite"
         self.owner = _owner_id(os.getpid())
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        new = True
+        if self.path.exists():   # checked read-only: a store we cannot read is left as it is
+            with self._errors(), closing(sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+                new = not self._check(db, empty_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(exist_ok=True)
+        if new:   # one transaction: a concurrent opener sees no tables or all of them
+            stamp = f"INSERT OR IGNORE INTO meta VALUES ('{VERSION}', '{SCHEMA_VERSION}');"
+            with self._errors(), self._connect() as db:
+                db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{stamp}COMMIT;")
+        self._checked = True
+
+    @contextmanager
+    def _errors(self):
+        """SQLite's errors as StoreError naming the file (a programming error stays itself)."""
+        try:
+            yield
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as e:
+            what = "not a results store: " if "not a database" in str(e) else ""
+            raise StoreError(f"{self.path}: {what}{e}") from None
+
+    def _check(self, db, empty_ok: bool = False) -> bool:
+        """StoreError unless the store's tables are the ones this code reads; False for a
+        file with no tables at all (a new store: allowed when empty_ok)."""
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and empty_ok:
+            return False
+        old = f"{self.path}: results store of an older or unknown schema"
+        missing_tables = [t for t in TABLES if t not in tables]
+        if missing_tables:
+            raise StoreError(f"{old}: no table {', '.join(missing_tables)}")
+        row = db.execute("SELECT value FROM meta WHERE name=?", (VERSION,)).fetchone()
+        if row is not None and str(row[0]) != str(SCHEMA_VERSION):
+            found = str(row[0])
+            if not found.isdigit():
+                raise StoreError(f"{self.path}: results store of an unknown schema version "
+                                 f"({found[:40]!r})")
+            newer = " (a newer arena wrote it)" if int(found) > SCHEMA_VERSION else ""
+            raise StoreError(f"{self.path}: results store of schema version {found}{newer}; this "
+                             f"arena reads version {SCHEMA_VERSION}")
+        for table, columns in TABLES.items():
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise StoreError(f"{old}: table {table} has no column {', '.join(missing)}")
+        return True
+
+    @contextmanager
+    def _db(self):
+        """A connection to the store, checked on first use; SQLite errors name the file."""
+        with self._errors(), self._connect() as db:
+            if not self._checked:
+                self._check(db)
+                self._checked = True
+            yield db
 
     @contextmanager
     def _connect(self):
@@ -67,13 +135,13 @@ class ResultsStore:
 
     # ---------------------------------------------------------------- cells
     def has(self, key: str) -> bool:
-        with self._connect() as db:
+        with self._db() as db:
             return db.execute("SELECT 1 FROM cells WHERE key=?", (key,)).fetchone() is not None
 
     def get(self, key: str) -> dict | None:
-        with self._connect() as db:
+        with self._db() as db:
             row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM cells WHERE key=?", (key,)).fetchone()
-        return _row(row) if row else None
+        return _row(self.path, row) if row else None
 
     def put(self, key: str, kind: str, metrics: dict, *, error: str | None = None,
             artifact: str | None = None, **axes) -> bool:
@@ -82,7 +150,7 @@ class ResultsStore:
                       error=error, artifact=artifact, created=time.time(),
                       **{k: axes.get(k) for k in ("attack", "budget", "defense", "model",
                                                   "source_model", "split", "seed_tag", "profile")})
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute(f"INSERT OR IGNORE INTO cells ({', '.join(COLUMNS)}) VALUES "
                              f"({', '.join('?' for _ in COLUMNS)})", [values[c] for c in COLUMNS])
@@ -102,18 +170,18 @@ class ResultsStore:
         sql = f"SELECT {', '.join(COLUMNS)} FROM cells"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        with self._connect() as db:
-            return [_row(r) for r in db.execute(sql + " ORDER BY key", args)]
+        with self._db() as db:
+            return [_row(self.path, r) for r in db.execute(sql + " ORDER BY key", args)]
 
     def count(self) -> int:
-        with self._connect() as db:
+        with self._db() as db:
             return db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
 
     # ---------------------------------------------------------------- claims
     def claim(self, key: str, lease_s: float = 3600) -> bool:
         """Take a cell to compute; False if it is done or another live scorer holds it."""
         now = time.time()
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if db.execute("SELECT 1 FROM cells WHERE key=?", (key,)).fetchone():
@@ -128,22 +196,29 @@ class ResultsStore:
                 db.execute("COMMIT")
 
     def release(self, key: str) -> None:
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("DELETE FROM claims WHERE key=? AND owner=?", (key, self.owner))
 
     def release_all(self) -> None:
         """Drop every claim this scorer holds (after a job it could not finish)."""
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
 
     # ---------------------------------------------------------------- meta and artifacts
     def set_meta(self, name: str, value) -> None:
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
 
     def meta(self) -> dict:
-        with self._connect() as db:
-            return {k: json.loads(v) for k, v in db.execute("SELECT name, value FROM meta")}
+        with self._db() as db:
+            rows = db.execute("SELECT name, value FROM meta WHERE name!=?", (VERSION,)).fetchall()
+        out = {}
+        for name, value in rows:
+            try:
+                out[name] = json.loads(value)
+            except (TypeError, ValueError, RecursionError) as e:
+                raise StoreError(f"{self.path}: meta {name} is unreadable ({_reason(e)})") from None
+        return out
 
     def has_artifact(self, name: str) -> bool:
         return (self.artifacts / name).is_file()
@@ -204,7 +279,17 @@ def _owner_alive(owner: str) -> bool:
     return _owner_id(int(pid)) == owner if started else Path(f"/proc/{pid}").exists()
 
 
-def _row(row) -> dict:
+def _reason(e: Exception) -> str:
+    return e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"[:120]
+
+
+def _row(path: Path, row) -> dict:
     d = dict(zip(COLUMNS, row))
-    d["metrics"] = json.loads(d["metrics"])
+    try:
+        d["metrics"] = json.loads(d["metrics"])
+    except (TypeError, ValueError, RecursionError) as e:
+        raise StoreError(f"{path}: cell {d['key']} has unreadable metrics ({_reason(e)})") from None
+    if not isinstance(d["metrics"], dict):
+        raise StoreError(f"{path}: cell {d['key']} has unreadable metrics (not a JSON object: "
+                         f"{type(d['metrics']).__name__})")
     return d
