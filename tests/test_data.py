@@ -174,6 +174,60 @@ def test_manifest_errors_name_file_and_line(tmp_path):
     assert rows[0].text == "hello world"
 
 
+_LINE = '{"id": "a", "audio": "a.flac", "text": "hello"'
+
+
+@pytest.mark.parametrize("extra,field", [
+    ('"duration": "abc"', "duration"),
+    ('"duration": [1]', "duration"),
+    ('"duration": null', "duration"),
+    ('"duration": true', "duration"),
+    ('"duration": NaN', "duration"),
+    ('"duration": Infinity', "duration"),
+    ('"duration": -1.5', "duration"),
+    ('"duration": 1e999', "duration"),
+    pytest.param('"duration": ' + "1" * 400, "duration", id="duration-too-large-for-a-float"),
+    pytest.param('"duration": ' + "1" * 5000, "duration", id="duration-more-digits-than-int-takes"),
+    pytest.param('"duration": [' + "1" * 5000 + "]", "duration", id="duration-list-of-a-long-int"),
+    ('"text": ["hello"]', "text"),
+    ('"text": 5', "text"),
+    ('"id": {"a": 1}', "id"),
+    ('"id": 5', "id"),
+    ('"id": ""', "id"),
+    ('"audio": 5', "audio"),
+    ('"audio": ""', "audio"),
+    ('"voice": ["x"]', "voice"),
+    ('"sha256": null', "sha256"),
+    ('"pcm_sha256": 1', "pcm_sha256"),
+])
+def test_manifest_field_types_are_checked_naming_file_line_and_field(tmp_path, extra, field):
+    ok = {"id": "b", "audio": "b.flac", "text": "hi", "duration": 1.5}
+    path = _write(tmp_path, [ok, _LINE + ", " + extra + "}"])
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:2: field {field}\b"):
+        read_manifest(path)
+
+
+def test_manifest_numbers_and_nesting_beyond_pythons_limits_are_clear_errors(tmp_path):
+    path = _write(tmp_path, [_LINE + ', "extra": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: broken JSON line"):
+        read_manifest(path)
+    # an unknown field may hold any JSON, a long number included
+    rows = read_manifest(_write(tmp_path, [_LINE + ', "extra": ' + "1" * 5000 + ', "duration": 2}']))
+    assert rows[0].duration == 2.0 and isinstance(rows[0].duration, float)
+    rows = read_manifest(_write(tmp_path, [_LINE + ', "duration": 0}']))
+    assert rows[0].duration == 0.0
+
+
+def test_audio_paths_that_are_no_file_are_clear_errors(tmp_path):
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: field audio is not a usable path"):
+        read_manifest(_write(tmp_path, [{"id": "a", "audio": "a\0.flac", "text": "hi"}]))
+    (tmp_path / "folder.flac").mkdir()
+    for name, message in (("folder.flac", "is not a regular file"), ("x" * 5000, "too long")):
+        utt = read_manifest(_write(tmp_path, [{"id": "a", "audio": name, "text": "hi"}]))[0]
+        with pytest.raises(ManifestError, match=rf"m\.jsonl:1: audio file .*{message}"):
+            load_audio(utt)
+
+
 @pytest.mark.parametrize("name,wave,rate,message", [
     ("missing.flac", None, None, "not found"),
     ("rate.flac", GOOD, 22050, "sample rate 22050"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from arena.core.hashing import sha256_file
 from arena.core.text import TextError, normalize_text
 
 REQUIRED = ("id", "audio", "text")
+OPTIONAL = ("voice", "sha256", "pcm_sha256")   # strings, "" when absent
 
 
 class ManifestError(ValueError):
@@ -73,38 +75,107 @@ def read_manifest(path, verify: bool = True) -> list[Utterance]:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: broken JSON line ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = _parse_line(line, where)
         missing = [k for k in REQUIRED if k not in row]
         if missing:
             raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+        for name in REQUIRED + OPTIONAL:
+            if name in row and not isinstance(row[name], str):
+                raise ManifestError(f"{where}: field {name} must be a string, got {_shown(row[name])}")
+        for name in ("id", "audio"):
+            if not row[name]:
+                raise ManifestError(f"{where}: field {name} is empty")
+        duration = _duration(row.get("duration", 0.0), where)
         try:
-            text = normalize_text(str(row["text"]), strict=True)
+            text = normalize_text(row["text"], strict=True)
         except TextError as e:
             raise ManifestError(f"{where}: {e}") from None
-        uid = str(row["id"])
+        uid = row["id"]
         if uid in seen:
             raise ManifestError(f"{where}: duplicate id {uid!r}")
         seen.add(uid)
-        audio = (path.parent / str(row["audio"])).resolve()
-        out.append(Utterance(id=uid, audio=audio, text=text,
-                             duration=float(row.get("duration", 0.0)),
-                             voice=str(row.get("voice", "")), sha256=str(row.get("sha256", "")),
-                             pcm_sha256=str(row.get("pcm_sha256", "")), source=where))
+        try:
+            audio = (path.parent / row["audio"]).resolve()
+        except (OSError, ValueError, RuntimeError) as e:   # a NUL byte, a symlink loop
+            raise ManifestError(f"{where}: field audio is not a usable path ({e})") from None
+        out.append(Utterance(id=uid, audio=audio, text=text, duration=duration,
+                             voice=row.get("voice", ""), sha256=row.get("sha256", ""),
+                             pcm_sha256=row.get("pcm_sha256", ""), source=where))
     if not out:
         raise ManifestError(f"{path}: manifest has no utterances")
     return out
 
 
+class _LongInt:
+    """A JSON integer with more digits than int() takes (Python's limit is 4300): kept as its
+    length, so that the field holding it is named in the error (an unknown field may hold it)."""
+
+    def __init__(self, digits: str):
+        self.digits = len(digits.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(digits: str):
+    try:
+        return int(digits)
+    except ValueError:
+        return _LongInt(digits)
+
+
+def _parse_line(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line, parse_int=_parse_int)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{where}: broken JSON line ({e.msg})") from None
+    except (ValueError, RecursionError) as e:   # e.g. arrays nested deeper than the parser goes
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
+        raise ManifestError(f"{where}: broken JSON line ({reason})") from None
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _duration(value, where: str) -> float:
+    """Seconds: a finite, non-negative JSON number (not a boolean)."""
+    seconds = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:   # an integer beyond the float range
+            pass
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ManifestError(f"{where}: field duration must be a finite, non-negative number of "
+                            f"seconds, got {_shown(value)}")
+    return seconds
+
+
+def _shown(value) -> str:
+    """A JSON value for an error message: its kind and its (shortened, ASCII) text."""
+    if isinstance(value, _LongInt):
+        return repr(value)[1:-1]
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value))
+    if kind is None:
+        return "null"
+    try:
+        text = json.dumps(value, default=repr)
+    except (ValueError, RecursionError):
+        text = "..."
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def load_audio(utt: Utterance, verify: bool = False) -> np.ndarray:
     """Mono float32 waveform at 16 kHz; ManifestError on missing, stereo, wrong rate."""
     where = utt.source or str(utt.audio)
-    if not utt.audio.is_file():
-        raise ManifestError(f"{where}: audio file {utt.audio} not found")
+    try:
+        found = utt.audio.is_file()
+    except OSError as e:   # e.g. a name too long
+        raise ManifestError(f"{where}: audio file {utt.audio}: {e.strerror}") from None
+    if not found:
+        what = "is not a regular file" if utt.audio.exists() else "not found"
+        raise ManifestError(f"{where}: audio file {utt.audio} {what}")
     if verify and utt.sha256 and sha256_file(utt.audio) != utt.sha256:
         raise ManifestError(f"{where}: audio file {utt.audio} does not match its checksum")
     try:
