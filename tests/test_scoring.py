@@ -545,3 +545,23 @@ def test_publishing_switches_profile_only_when_named_and_whole(tmp_path, monkeyp
     local = ScoreRequest(None, None, None, None, None, None, None, None, False, None, False, None,
                          None, 0.25, progress=False)
     assert profile_name(local, "cpu") == "quick"
+
+
+def test_a_long_transcript_is_counted_whole_and_stored_short():
+    """A defense may return transcripts of up to 10,000 characters: the edit counts take
+    all of it, the cell keeps max(200, 4x the reference) characters, marked as cut."""
+    from arena.score.jobs import KEEP_CHARS, transcript_metrics
+    from arena.score.plan import Grid
+    from arena.score.profiles import get_profile
+    from arena.score.subset import DataSubset
+
+    subset = DataSubset("dev", "t", "0" * 64, ["a", "b"], ["open the door", "call mom"],
+                        [np.zeros(160, np.float32)] * 2, ["", ""])
+    grid = Grid(subset, get_profile("quick"), 0, (), (), ())
+    long = "open the door " + "spam " * 2000
+    m = transcript_metrics(grid, {"a": long, "b": "call mom"})
+    assert m["word_edits"][0] == 2000 and m["words"][0] == 3     # every extra word counted
+    kept = m["hypotheses"][0]
+    assert len(kept) == KEEP_CHARS + 1 and kept.endswith("…") and long.startswith(kept[:-1])
+    assert m["hypotheses"][1] == "call mom" and m["word_edits"][1] == 0
+    assert len(json.dumps(m)) < 2000

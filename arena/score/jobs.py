@@ -274,6 +274,18 @@ def defense_cells(group: DefenseGroup, outputs: list[JobOutput], grid: Grid) -> 
     return cells
 
 
+KEEP_CHARS = 200   # a stored transcript keeps max(this, 4x its reference) characters
+
+
+def _kept(hyp: str | None, reference: str) -> str | None:
+    """The transcript as the cell stores it (counts are taken on all of it): a defense's
+    transcripts of up to 10,000 characters each would otherwise put megabytes in every
+    cell of the versioned store; one cut short ends in "…", so it never equals the model's
+    own transcript (formulas._oracles) by being cut."""
+    cap = max(KEEP_CHARS, 4 * len(reference))
+    return hyp if hyp is None or len(hyp) <= cap else hyp[:cap] + "…"
+
+
 def transcript_metrics(grid: Grid, hyps: dict[str, str | None], targeted: bool = False) -> dict:
     """Per-utterance edit counts against the references (and the targets), in subset order.
     A missing transcript (None) counts as every word wrong."""
@@ -288,7 +300,7 @@ def transcript_metrics(grid: Grid, hyps: dict[str, str | None], targeted: bool =
         if hyp is None:
             we, ce = wn, cn
         for k, v in zip(("ids", "word_edits", "words", "char_edits", "chars", "hypotheses"),
-                        (uid, we, wn, ce, cn, hyp)):
+                        (uid, we, wn, ce, cn, _kept(hyp, text_of[uid]))):
             m[k].append(v)
         if targeted:
             te, tn = edit_counts(target_of[uid], hyp or "", "char")
