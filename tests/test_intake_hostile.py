@@ -575,3 +575,20 @@ def test_host_paths_become_placeholders():
     assert str(paths.ROOT) not in out and "alice" not in out
     assert '"<arena>/sandbox/worker.py"' in out and "<job>/input" in out
     assert "~/src/p.py" in out and "https://x.org/home/page" in out
+
+
+def test_an_archive_error_names_no_host_path(tmp_path):
+    """A file, then a path under it: refused, and the error reads relative to the archive,
+    without the host folder it was unpacking into."""
+    archive = tmp_path / "clash.tar"
+    with tarfile.open(archive, "w") as t:
+        for name, data in (("sub/plugin.py", b"x = 1\n"), ("sub/plugin.py/x.py", b"y = 2\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "unpacked-here"
+    with pytest.raises(SubmissionError) as e:
+        unpack(archive, dest)
+    assert str(e.value).startswith("clash.tar: ")
+    assert "unpacked-here" not in str(e.value) and str(tmp_path) not in str(e.value), str(e.value)
+    assert "sub/plugin.py" in str(e.value)

@@ -310,11 +310,20 @@ def unpack(path, dest, *, max_unpacked_mb: int = DEFAULT_MAX_MB) -> Path:
         raise SubmissionError(f"{path.name}: archive headers chained too deeply; refused") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError,
             NotImplementedError, UnicodeError) as e:
-        raise SubmissionError(f"{path.name}: not a readable archive: {str(e)[:200]}") from None
+        raise SubmissionError(f"{path.name}: not a readable archive: "
+                              f"{_without_folder(str(e), dest)[:200]}") from None
     entries = [p for p in dest.iterdir()]
     if not (dest / MANIFEST).is_file() and len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return dest
+
+
+def _without_folder(text: str, dest: Path) -> str:
+    """An error's text with the host folder it was unpacking into left out (an OSError
+    names the full path): paths read relative to the archive."""
+    for prefix in sorted({str(dest.resolve()), str(dest)}, key=len, reverse=True):
+        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    return text
 
 
 def _check_folder(folder: Path, max_unpacked_mb: int) -> None:
