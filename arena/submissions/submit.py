@@ -326,7 +326,8 @@ def _without_folder(text: str, dest: Path) -> str:
     return text
 
 
-def _check_folder(folder: Path, max_unpacked_mb: int) -> None:
+def _check_folder(folder: Path, max_unpacked_mb: int) -> list:
+    """The folder's entries (submission_files), refused beyond the entry and size limits."""
     try:
         files = submission_files(folder, max_entries=MAX_FILES)
     except SubmissionFilesError as e:
@@ -334,6 +335,7 @@ def _check_folder(folder: Path, max_unpacked_mb: int) -> None:
     total = sum(f.path.stat().st_size for f in files if not f.is_dir)
     if total > max_unpacked_mb * 1024 * 1024:
         raise SubmissionError(f"folder holds more than {max_unpacked_mb} MB; refused")
+    return files
 
 
 def _baseline_names() -> set[str]:
@@ -357,11 +359,10 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
         raise SubmissionError(f"{path}: no such file or folder")
     with tempfile.TemporaryDirectory(prefix="arena-submit-") as tmp:
         if path.is_dir():
-            _check_folder(path, max_unpacked_mb)
             folder = path
         else:
             folder = unpack(path, Path(tmp) / "unpacked", max_unpacked_mb=max_unpacked_mb)
-            _check_folder(folder, max_unpacked_mb)
+        files = _check_folder(folder, max_unpacked_mb)
         manifest = load_manifest(folder)
         if manifest.name in _baseline_names():
             raise SubmissionError(f"name {manifest.name!r} is taken by a baseline; choose another "
@@ -375,7 +376,7 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
             raise SubmissionError("validation failed:\n" + "\n".join(f"- {e}" for e in report.errors))
         staging = Path(tempfile.mkdtemp(prefix=f".{manifest.name}-", dir=_ensure(paths.submissions_dir())))
         try:
-            _install_copy(folder, staging)
+            _install_copy(files, staging)
             record = {"name": manifest.name, "track": manifest.track, "version": manifest.version,
                       "authors": manifest.authors, "content_hash": content_hash(staging),
                       "submitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -395,14 +396,10 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
     return record
 
 
-def _install_copy(folder: Path, staging: Path) -> None:
-    """Copy exactly the entries submission_files lists (what was validated and what the
+def _install_copy(files: list, staging: Path) -> None:
+    """Copy exactly the entries submission_files listed (what was checked and what the
     content hash covers): __pycache__/, *.pyc and only the top-level SUBMISSION.json stay out,
     so a nested pkg/SUBMISSION.json is installed as it was validated."""
-    try:
-        files = submission_files(folder, max_entries=MAX_FILES)
-    except SubmissionFilesError as e:
-        raise SubmissionError(str(e)) from None
     for f in files:   # sorted by path: a folder comes before what it holds
         out = staging.joinpath(*f.rel.split("/"))
         if f.is_dir:
