@@ -144,8 +144,8 @@ class Slot:
             theirs.close()
             raise SlotError("no memory cgroup for the slot")
         own = ("as", "fsize", "cpu", "nofile", "nproc")
-        rlimits = bwrap.make_preexec({**bwrap.rlimit_values(limits, False),
-                                      **{n: resource.getrlimit(bwrap.RLIMITS[n]) for n in own}})
+        values = bwrap.rlimit_values(limits, False, tasks_bounded=self.control.pids is not None)
+        rlimits = bwrap.make_preexec({**values, **{n: resource.getrlimit(bwrap.RLIMITS[n]) for n in own}})
 
         def preexec():
             self.control.preexec()
