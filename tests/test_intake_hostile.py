@@ -592,3 +592,75 @@ def test_an_archive_error_names_no_host_path(tmp_path):
     assert str(e.value).startswith("clash.tar: ")
     assert "unpacked-here" not in str(e.value) and str(tmp_path) not in str(e.value), str(e.value)
     assert "sub/plugin.py" in str(e.value)
+
+
+def _tar(path: Path, members) -> Path:
+    with tarfile.open(path, "w") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_an_archive_listing_a_name_twice_is_refused(tmp_path):
+    """A reviewer reading `tar tf` / `unzip -l` (or the first copy) saw harmless code while the
+    second copy, written later, was the one installed (main at bd9c1f6: last one won)."""
+    tar = _tar(tmp_path / "twice.tar", [("sub/plugin.py", b"x = 1\n"), ("sub/./plugin.py", b"evil\n")])
+    with pytest.raises(SubmissionError, match=r"twice\.tar: archive lists 'sub/plugin\.py' more than once"):
+        unpack(tar, tmp_path / "t")
+    zipped = tmp_path / "twice.zip"
+    with zipfile.ZipFile(zipped, "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr("plugin.py", "x = 1\n")
+        z.writestr("plugin.py", "evil\n")
+    with pytest.raises(SubmissionError, match=r"twice\.zip: archive lists 'plugin\.py' more than once"):
+        unpack(zipped, tmp_path / "z")
+    # a folder listed twice is harmless and still unpacks; a folder named like a file is not
+    ok = _tar(tmp_path / "dirs.tar", [("sub/plugin.py", b"x = 1\n")])
+    with tarfile.open(ok, "a") as t:
+        t.addfile(_dir_info("sub/pkg"))
+        t.addfile(_dir_info("sub/pkg"))
+    assert (unpack(ok, tmp_path / "d") / "plugin.py").read_bytes() == b"x = 1\n"
+    clash = _tar(tmp_path / "clash.tar", [("pkg", b"x = 1\n")])
+    with tarfile.open(clash, "a") as t:
+        t.addfile(_dir_info("pkg"))
+    with pytest.raises(SubmissionError, match=r"clash\.tar: archive member 'pkg' is both a file and a"):
+        unpack(clash, tmp_path / "c")
+
+
+def _dir_info(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize("name,why", [
+    ("plugin\u2215helper.py", "looks like a path separator"),   # DIVISION SLASH
+    ("plugin\uff0fhelper.py", "looks like a path separator"),   # FULLWIDTH SOLIDUS
+    ("plugin\\helper.py", "looks like a path separator"),
+    ("plugin\u200b.py", "invisible formatting"),                # ZERO WIDTH SPACE
+    ("\ufeffplugin.py", "invisible formatting"),                # BYTE ORDER MARK
+])
+def test_names_that_read_as_another_name_are_refused(tmp_path, name, why):
+    """A file listed as 'plugin/helper.py' or 'plugin.py' that is neither (main at bd9c1f6:
+    accepted, hashed and installed under the deceptive name)."""
+    sub = make_sub(tmp_path / "s")
+    (sub / name).write_text("x = 1\n")
+    with pytest.raises(SubmissionError, match=why):
+        submission_files_checked(sub)
+    tar = _tar(tmp_path / "n.tar", [("plugin.py", b"x = 1\n"), (name.replace("\\", "\u2216"), b"y\n")])
+    with pytest.raises(SubmissionError, match=r"n\.tar: archive member .*" + why):
+        unpack(tar, tmp_path / "u")
+
+
+@pytest.mark.parametrize("twin", ["Plugin.py", "\uff50lugin.py"])   # case; FULLWIDTH p
+def test_two_names_that_read_the_same_are_refused(tmp_path, twin):
+    sub = make_sub(tmp_path / "s")
+    (sub / twin).write_text("evil = 1\n")
+    with pytest.raises(SubmissionError, match=r"read as the same name"):
+        submission_files_checked(sub)
+
+
+def submission_files_checked(folder: Path):
+    """The intake's check of a folder (load_manifest walks it through submission_files)."""
+    return content_hash(folder)

@@ -50,6 +50,8 @@ MAX_NAME_BYTES = 255
 MAX_PATH_CHARS = 1024
 # bidirectional-text controls reorder what a reviewer sees ("Trojan Source")
 _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# characters a reader takes for "/" or "\\": "a\u2215b.py" lists as a path it is not
+_SLASH_LOOKALIKES = set("\\\u2044\u2215\u2216\u2571\u2572\u29f5\u29f8\u29f9\ufe68\uff0f\uff3c")
 
 
 class SubmissionFilesError(ValueError):
@@ -80,7 +82,18 @@ def bad_name(name: str) -> str | None:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     if has_controls(name):
         return "contains control characters"
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        # zero-width and other invisible characters: "plugin\u200b.py" lists as plugin.py
+        return "contains invisible formatting characters"
+    if any(c in _SLASH_LOOKALIKES for c in name):
+        return "contains a character that looks like a path separator"
     return None
+
+
+def name_key(name: str) -> str:
+    """What a reader takes a name for: two names in one folder with the same key (compatibility
+    forms, case) look like one file, e.g. "plugin.py" and "Plugin.py" or "\uff50lugin.py"."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def submission_files(folder, *, max_entries: int = MAX_ENTRIES) -> list[SubmissionFile]:
@@ -104,11 +117,16 @@ def submission_files(folder, *, max_entries: int = MAX_ENTRIES) -> list[Submissi
         except OSError as err:
             raise SubmissionFilesError(f"{prefix or '.'}: cannot be listed ({err.strerror})") from None
         items.sort(key=lambda x: x.name)
+        seen: dict[str, str] = {}
         for entry in items:
             rel = prefix + entry.name
             why = bad_name(entry.name)
             if why:
                 raise SubmissionFilesError(f"{rel!r}: the file name {why}; refused")
+            twin = seen.setdefault(name_key(entry.name), entry.name)
+            if twin != entry.name:
+                raise SubmissionFilesError(f"{rel!r} and {prefix + twin!r} read as the same name; "
+                                           "refused (rename one)")
             if len(rel) > MAX_PATH_CHARS:
                 raise SubmissionFilesError(f"{rel[:80]!r}...: path longer than {MAX_PATH_CHARS} "
                                            "characters; refused")

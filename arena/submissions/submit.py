@@ -71,6 +71,7 @@ class _Counter:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.total, self.files = max_bytes, 0, 0
         self.dirs: set[PurePosixPath] = set()
+        self.file_paths: set[PurePosixPath] = set()
 
     def _check(self):
         # +1: a single top-level folder is stripped after unpacking
@@ -79,13 +80,23 @@ class _Counter:
                                   "(folders count); refused")
 
     def add_dir(self, rel: PurePosixPath):
-        self.dirs.update([rel, *list(rel.parents)[:-1]])
+        implied = [rel, *list(rel.parents)[:-1]]
+        clash = next((d for d in implied if d in self.file_paths), None)
+        if clash is not None:
+            raise SubmissionError(f"archive member {str(clash)!r} is both a file and a folder; refused")
+        self.dirs.update(implied)
         self._check()
 
     def add_file(self, rel: PurePosixPath | None = None):
         self.files += 1
-        if rel is not None and rel.parent != PurePosixPath("."):
-            self.add_dir(rel.parent)
+        if rel is not None:
+            # a name listed twice: the later copy would silently replace the one a reviewer
+            # reads first in the archive's listing
+            if rel in self.file_paths or rel in self.dirs:
+                raise SubmissionError(f"archive lists {str(rel)!r} more than once; refused")
+            self.file_paths.add(rel)
+            if rel.parent != PurePosixPath("."):
+                self.add_dir(rel.parent)
         self._check()
 
     def copy(self, src, dst_path: Path, name: str):
@@ -304,8 +315,11 @@ def unpack(path, dest, *, max_unpacked_mb: int = DEFAULT_MAX_MB) -> Path:
             _untar(path, dest, counter)
         else:
             raise SubmissionError(f"{path.name}: expected a folder, a .zip or a .tar.gz")
-    except SubmissionError:
-        raise
+    except SubmissionError as e:   # every archive error names the archive
+        message = str(e)
+        if message.startswith(f"{path.name}: "):
+            raise
+        raise SubmissionError(f"{path.name}: {message}") from None
     except RecursionError:  # tarfile follows chained pax / long-name headers recursively
         raise SubmissionError(f"{path.name}: archive headers chained too deeply; refused") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError,
