@@ -160,6 +160,32 @@ def test_submit_folder_replace_and_name_clashes(tmp_path, arena_dirs):
         submit(clash)
 
 
+
+def test_a_manifest_renamed_during_submit_cannot_take_another_entrys_place(tmp_path, arena_dirs,
+                                                                          monkeypatch):
+    """`arena submit FOLDER` reads the manifest, validates for seconds, then copies the
+    folder: a submitter who rewrote its name to a rival's meanwhile was installed as
+    submissions/aaa-x/ naming itself "victim", sorted first, and the real victim was
+    skipped as a duplicate (its code scored under the victim's name)."""
+    from arena.submissions import submit as submit_mod
+    from arena.submissions.entries import discover
+    from arena.submissions.validate import ValidationReport
+
+    subs, _ = arena_dirs
+    write_sub(subs / "victim", OK_ATTACK, name="victim")
+    src = write_sub(tmp_path / "src", OK_ATTACK + "# hostile\n", name="aaa-x")
+
+    def validate_while_renamed(folder, **kw):   # the rewrite lands during the dry run
+        toml = Path(folder) / "submission.toml"
+        toml.write_text(toml.read_text().replace('"aaa-x"', '"victim"'))
+        return ValidationReport(ok=True)
+
+    monkeypatch.setattr(submit_mod, "validate", validate_while_renamed)
+    submit(src)
+    entries, problems = discover()
+    victim = next(e for e in entries if e.name == "victim")
+    assert victim.path == subs / "victim"                       # before: subs / "aaa-x"
+    assert any("aaa-x" in p and "names 'victim'" in p for p in problems), problems
 def test_submit_zip_with_top_level_folder(tmp_path, arena_dirs):
     subs, _ = arena_dirs
     src = write_sub(tmp_path / "pkg" / "my-zip", OK_ATTACK, name="zipped")

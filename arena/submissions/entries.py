@@ -53,6 +53,14 @@ def discover(names: list[str] | None = None, *, tracks: tuple[str, ...] | None =
             except SubmissionError as e:
                 problems.append(f"{folder}: {e}")
                 continue
+            # `arena submit` installs a submission as submissions/<its name>/: one whose
+            # manifest names another entry (rewritten after it was checked, e.g. while its
+            # folder was being validated) would take that entry's place on the board, and
+            # the real one, sorted later, would be skipped as a duplicate
+            if origin == "submission" and m.name != folder.name:
+                problems.append(f"{folder}: installed as {folder.name!r} but its submission.toml "
+                                f"names {m.name!r}; skipped (submit it again)")
+                continue
             if m.name in seen:
                 problems.append(f"{folder}: name {m.name!r} already taken by a {origin} entry; skipped")
                 continue
