@@ -565,3 +565,20 @@ def test_a_long_transcript_is_counted_whole_and_stored_short():
     assert len(kept) == KEEP_CHARS + 1 and kept.endswith("…") and long.startswith(kept[:-1])
     assert m["hypotheses"][1] == "call mom" and m["word_edits"][1] == 0
     assert len(json.dumps(m)) < 2000
+
+
+def test_a_target_is_reached_in_the_normal_form_as_its_edits_are_counted():
+    """A defense answering "Close the window." for the target "close the window" reached it
+    (0 char edits to the target): the exact match compared the raw text and said no."""
+    from arena.score.jobs import transcript_metrics
+    from arena.score.plan import Grid
+    from arena.score.profiles import get_profile
+    from arena.score.subset import DataSubset
+
+    subset = DataSubset("dev", "t", "0" * 64, ["a", "b", "c"], ["open the door", "call mom", "stop"],
+                        [np.zeros(160, np.float32)] * 3, ["close the window", "turn it off", "play"])
+    grid = Grid(subset, get_profile("quick"), 0, (), (), ())
+    m = transcript_metrics(grid, {"a": "Close the window.", "b": "turn  it off", "c": "pray"},
+                           targeted=True)
+    assert m["target_char_edits"] == [0, 0, 1]
+    assert m["target_exact"] == [True, True, False]

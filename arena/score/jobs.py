@@ -17,6 +17,7 @@ import torch
 from arena.asr.metrics import edit_counts
 from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
 from arena.core.budget import Budget
+from arena.core.text import normalize_text
 from arena.data.batching import length_batches
 from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_rounds
 from arena.sandbox.serve import PurifyError, PurifyServer
@@ -304,7 +305,10 @@ def transcript_metrics(grid: Grid, hyps: dict[str, str | None], targeted: bool =
             m[k].append(v)
         if targeted:
             te, tn = edit_counts(target_of[uid], hyp or "", "char")
-            m["target_exact"].append(bool(hyp is not None and hyp.strip() == target_of[uid]))
+            # in the normal form, as the edit counts are (docs/design.md, Text): compared
+            # raw, "Turn off the lights." missed a target its char edits counted as reached
+            m["target_exact"].append(bool(hyp is not None
+                                          and normalize_text(hyp) == normalize_text(target_of[uid])))
             m["target_char_edits"].append(te if hyp is not None else tn)
             m["target_chars"].append(tn)
     return m
