@@ -582,3 +582,19 @@ def test_a_target_is_reached_in_the_normal_form_as_its_edits_are_counted():
                            targeted=True)
     assert m["target_char_edits"] == [0, 0, 1]
     assert m["target_exact"] == [True, True, False]
+
+
+def test_oracle_agreement_compares_transcripts_in_the_normal_form():
+    """An honest defense whose transcribe writes "Open the door." agrees with our model's
+    "open the door" on its purify: it showed 0.0, the signature of a purify that does not
+    model its transcribe. A transcript the store cut short never agrees."""
+    adaptive = [dict(kind="adaptive", attack="adaptive:apgd", budget="snr30", defense=d, model="dense",
+                     metrics=dict(oracle="bpda", ids=["u1", "u2"],
+                                  oracle_hypotheses=["open the door", "call mom"]))
+                for d in ("caps", "other")]
+    answers = {"caps": ["Open the door.", "CALL  mom!"], "other": ["open the door", "call mom x" * 40 + "…"]}
+    cells = [cell("defense", "adaptive:apgd", "snr30", d, track="adaptive", hypotheses=h)
+             for d, h in answers.items()]
+    oracles = formulas._oracles(adaptive, cells)
+    assert oracles["caps"]["oracle_agreement"] == 1.0       # before: 0.0
+    assert oracles["other"]["oracle_agreement"] == 0.5

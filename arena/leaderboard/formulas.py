@@ -56,6 +56,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from arena.core.text import normalize_text
+
 NO_DEFENSE = "none"
 CLEAN_REGRESSION_MARGIN = 0.05  # absolute clean-WER increase a defense may cost
 N_BOOT = 1000
@@ -403,10 +405,20 @@ def _oracles(adaptive_cells, defense_cells) -> dict[str, dict]:
         theirs = dict(zip(got["ids"], got["hypotheses"]))
         for uid, ours in zip(m.get("ids", []), m.get("oracle_hypotheses", [])):
             if ours is not None and uid in theirs:
-                agree[c["defense"]].append(ours == theirs[uid])
+                agree[c["defense"]].append(_same_text(ours, theirs[uid]))
     return {d: dict(adaptive="/".join(sorted(str(k) for k in ks)),
                     oracle_agreement=float(np.mean(agree[d])) if agree[d] else None)
             for d, ks in kinds.items()}
+
+
+def _same_text(ours: str, theirs: str | None) -> bool:
+    """Whether two transcripts say the same in the normal form the WER is counted in: an
+    honest defense answering "Open the door." was reported as never agreeing with its own
+    purify (a cheat's signature). A stored transcript cut short (ending in "…") never
+    agrees."""
+    if theirs is None or theirs.endswith("…"):
+        return False
+    return normalize_text(ours) == normalize_text(theirs)
 
 
 def _worst_case_reps(groups: list[list[dict]], rs: Resampler) -> np.ndarray:
