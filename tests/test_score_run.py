@@ -195,3 +195,28 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_pa
     n_sets = 3 * b
     # per model: clean, the attacked sets, the adaptive audio per budget and its cells
     assert ResultsStore(store).count() == a.count() + 2 * (1 + n_sets + 2 * b)
+
+
+def test_a_submission_replaced_after_discovery_is_not_run_under_the_old_keys(tmp_path):
+    """A job read the live submission folder when it started: `arena submit --replace`
+    between discovery and the job ran the new code under the old version's cell keys (and
+    putting the old version back reused those cells). The job runs a copy checked against
+    the hash its keys were made from, or fails as a harness error (the next run scores it)."""
+    import numpy as np
+
+    from arena.score.jobs import RunContext, SubmissionChangedError, execute
+    from arena.score.plan import AttackJob, Grid, TargetSpec
+    from arena.score.profiles import get_profile
+    from arena.score.subset import DataSubset
+    from arena.submissions.entries import Entry
+    from arena.submissions.manifest import content_hash, load_manifest
+
+    _sub(tmp_path, "swapper", "attack", NAN.replace("float('nan')", "1.0"))
+    folder = tmp_path / "swapper"
+    entry = Entry(load_manifest(folder).spec(), content_hash(folder), "submission")
+    subset = DataSubset("dev", "t", "0" * 64, ["a"], ["open the door"], [np.zeros(160, np.float32)], ["x"])
+    grid = Grid(subset, get_profile("quick"), 0, (entry,), (), ())
+    job = AttackJob(entry, TargetSpec("dense", tmp_path / "m.safetensors", "0" * 64), ["snr30"], ["k"])
+    (folder / "plugin.py").write_text(NAN)          # replaced after the run read it
+    with pytest.raises(SubmissionChangedError, match="swapper changed"):
+        execute(job, grid, RunContext(wall_s=20))

@@ -9,7 +9,10 @@ whose purify fails under the adaptive attack (on the utterances it left unanswer
 """
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +22,9 @@ from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
 from arena.core.budget import Budget
 from arena.core.text import normalize_text
 from arena.data.batching import length_batches
-from arena.sandbox import JobResult, SandboxLimits, run_attack_job, run_defense_rounds
+from arena.plugins.spec import submission_files
+from arena.sandbox import JobResult, SandboxLimits, new_jobdir, run_attack_job, run_defense_rounds
+from arena.sandbox.jobs import remove_tree
 from arena.sandbox.serve import PurifyError, PurifyServer
 from arena.score.adaptive import ADAPTIVE_ATTACK, Reference, attack_batch, is_random, oracle_transcripts
 from arena.score.enforce import enforce_budget, rounded_snr
@@ -31,6 +36,7 @@ from arena.score.plan import (
     Grid,
     TransferJob,
 )
+from arena.submissions.manifest import content_hash
 from arena.zoo.registry import load_model
 
 
@@ -333,15 +339,51 @@ def run_transfer(job: TransferJob, grid: Grid, ctx: RunContext) -> JobOutput:
     return out
 
 
+class SubmissionChangedError(RuntimeError):
+    """The submission's folder no longer holds what its cells are keyed by."""
+
+
+def _pinned(job, dest: Path):
+    """The job pointed at a private copy of its submission, checked against the content
+    hash its cells are keyed by (as a Ray worker's copy is, cluster._localised). The job
+    otherwise read the live folder when it started: an `arena submit --replace` between
+    discovery and the job ran the new code under the old version's keys, and putting the
+    old version back then reused those cells for code that never produced them."""
+    entry = job.attack if isinstance(job, AttackJob) else job.defense
+    folder = dest / "submission"
+    folder.mkdir()
+    for f in submission_files(entry.path):   # what the hash covers; symlinks refused
+        target = folder.joinpath(*f.rel.split("/"))
+        if f.is_dir:
+            target.mkdir()
+        else:
+            shutil.copyfile(f.path, target, follow_symlinks=False)
+    got = content_hash(folder)
+    if got != entry.content_hash:
+        raise SubmissionChangedError(f"submission {entry.name} changed since this run read it "
+                                     f"(content hash {got[:12]}, expected "
+                                     f"{entry.content_hash[:12]}); the next run scores it")
+    local = dataclasses.replace(entry, spec=dataclasses.replace(entry.spec, folder=folder))
+    return dataclasses.replace(job, **{"attack" if isinstance(job, AttackJob) else "defense": local})
+
+
 def execute(job: AttackJob | AdaptiveJob | DefenseGroup | TransferJob, grid: Grid,
             ctx: RunContext) -> JobOutput:
     """Run any job of the plan (what an executor calls)."""
+    if isinstance(job, TransferJob):
+        return run_transfer(job, grid, ctx)
+    dest = new_jobdir(None)
+    try:
+        return _execute(_pinned(job, dest), grid, ctx)
+    finally:
+        remove_tree(dest)
+
+
+def _execute(job: AttackJob | AdaptiveJob | DefenseGroup, grid: Grid, ctx: RunContext) -> JobOutput:
     if isinstance(job, AttackJob):
         return run_attack(job, grid, ctx)
     if isinstance(job, AdaptiveJob):
         return run_adaptive(job, grid, ctx)
-    if isinstance(job, DefenseGroup):
-        return run_defense_group(job, grid, ctx)
-    return run_transfer(job, grid, ctx)
+    return run_defense_group(job, grid, ctx)
 
 
