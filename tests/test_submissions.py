@@ -186,6 +186,34 @@ def test_a_manifest_renamed_during_submit_cannot_take_another_entrys_place(tmp_p
     victim = next(e for e in entries if e.name == "victim")
     assert victim.path == subs / "victim"                       # before: subs / "aaa-x"
     assert any("aaa-x" in p and "names 'victim'" in p for p in problems), problems
+
+
+def test_submit_installs_the_folder_as_it_was_validated(tmp_path, arena_dirs, monkeypatch):
+    """The source folder rewritten during the dry run (name, code): what is installed is the
+    snapshot that was validated and hashed (main at 21a4363 copied the folder after the dry
+    run: the new name and the unvalidated code were installed)."""
+    from arena.submissions import submit as submit_mod
+    from arena.submissions.validate import ValidationReport
+
+    subs, _ = arena_dirs
+    src = write_sub(tmp_path / "src", OK_ATTACK, name="aaa-x")
+    seen = []
+
+    def validate_while_rewritten(folder, **kw):
+        seen.append((Path(folder) / "plugin.py").read_text())
+        toml = src / "submission.toml"
+        toml.write_text(toml.read_text().replace('"aaa-x"', '"victim"'))
+        (src / "plugin.py").write_text(OK_ATTACK + "import os  # unvalidated\n")
+        (src / "later.py").write_text("x = 1\n")
+        return ValidationReport(ok=True)
+
+    monkeypatch.setattr(submit_mod, "validate", validate_while_rewritten)
+    record = submit(src)
+    assert record["name"] == "aaa-x" and not (subs / "victim").exists()
+    assert (subs / "aaa-x" / "plugin.py").read_text() == OK_ATTACK == seen[0]
+    assert not (subs / "aaa-x" / "later.py").exists()
+
+
 def test_submit_zip_with_top_level_folder(tmp_path, arena_dirs):
     subs, _ = arena_dirs
     src = write_sub(tmp_path / "pkg" / "my-zip", OK_ATTACK, name="zipped")

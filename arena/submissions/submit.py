@@ -373,7 +373,12 @@ def submit(path, *, replace: bool = False, max_unpacked_mb: int = DEFAULT_MAX_MB
         raise SubmissionError(f"{path}: no such file or folder")
     with tempfile.TemporaryDirectory(prefix="arena-submit-") as tmp:
         if path.is_dir():
-            folder = path
+            # a private snapshot first: the manifest, the dry run, the hash and the install all
+            # read it, so a folder rewritten while this runs (a rival's name, unvalidated code)
+            # cannot get installed (checked again below: a file swapped for a link mid-copy)
+            folder = Path(tmp) / "snapshot"
+            folder.mkdir()
+            _install_copy(_check_folder(path, max_unpacked_mb), folder)
         else:
             folder = unpack(path, Path(tmp) / "unpacked", max_unpacked_mb=max_unpacked_mb)
         files = _check_folder(folder, max_unpacked_mb)
@@ -416,10 +421,14 @@ def _install_copy(files: list, staging: Path) -> None:
     so a nested pkg/SUBMISSION.json is installed as it was validated."""
     for f in files:   # sorted by path: a folder comes before what it holds
         out = staging.joinpath(*f.rel.split("/"))
-        if f.is_dir:
-            out.mkdir(exist_ok=True)
-        else:
-            shutil.copy2(f.path, out, follow_symlinks=False)
+        try:
+            if f.is_dir:
+                out.mkdir(exist_ok=True)
+            else:
+                shutil.copy2(f.path, out, follow_symlinks=False)
+        except (OSError, shutil.Error) as e:   # e.g. removed or made a fifo since it was listed
+            raise SubmissionError(f"{f.rel}: cannot be copied ({getattr(e, 'strerror', None) or e}); "
+                                  "was the folder changed during submit?") from None
 
 
 def _ensure(p: Path) -> Path:
