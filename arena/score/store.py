@@ -114,20 +114,21 @@ class ResultsStore:
         return True
 
     @contextmanager
-    def _db(self):
+    def _db(self, write: bool = True):
         """A connection to the store, checked on first use; SQLite errors name the file."""
-        with self._errors(), self._connect() as db:
+        with self._errors(), self._connect(write) as db:
             if not self._checked:
                 self._check(db)
                 self._checked = True
             yield db
 
     @contextmanager
-    def _connect(self):
+    def _connect(self, write: bool = True):
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            if write:   # switching to WAL rewrites the file's header: a reader leaves it as it is
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=60000")
             yield db
         finally:
@@ -135,11 +136,11 @@ class ResultsStore:
 
     # ---------------------------------------------------------------- cells
     def has(self, key: str) -> bool:
-        with self._db() as db:
+        with self._db(write=False) as db:
             return db.execute("SELECT 1 FROM cells WHERE key=?", (key,)).fetchone() is not None
 
     def get(self, key: str) -> dict | None:
-        with self._db() as db:
+        with self._db(write=False) as db:
             row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM cells WHERE key=?", (key,)).fetchone()
         return _row(self.path, row) if row else None
 
@@ -170,11 +171,11 @@ class ResultsStore:
         sql = f"SELECT {', '.join(COLUMNS)} FROM cells"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        with self._db() as db:
+        with self._db(write=False) as db:
             return [_row(self.path, r) for r in db.execute(sql + " ORDER BY key", args)]
 
     def count(self) -> int:
-        with self._db() as db:
+        with self._db(write=False) as db:
             return db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
 
     # ---------------------------------------------------------------- claims
@@ -210,7 +211,7 @@ class ResultsStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
 
     def meta(self) -> dict:
-        with self._db() as db:
+        with self._db(write=False) as db:
             rows = db.execute("SELECT name, value FROM meta WHERE name!=?", (VERSION,)).fetchall()
         out = {}
         for name, value in rows:
