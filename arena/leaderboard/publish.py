@@ -43,7 +43,7 @@ class ReadOnlyStore(ResultsStore):
             raise FileNotFoundError(f"no results store at {self.path}")
 
     @contextmanager
-    def _connect(self):
+    def _connect(self, write: bool = False):   # read-only whatever the caller asks
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
         try:
             yield db
