@@ -183,6 +183,32 @@ def test_a_regressed_defense_does_not_count_for_attacks():
     assert board["attacks"][0]["score"] == pytest.approx(1 / 8)
 
 
+def test_a_defense_that_only_spares_clean_audio_is_regressed():
+    """`switch` answers clean audio with the bare model (the corpus's digital silence gives
+    it away) and purifies everything else with a filter that breaks speech: its clean WER
+    equals `none`'s, so the clean check passed it, ranked it first and counted it in the
+    attack medians (main at cedd2ba). On the noise baseline's audio it shows the filter's
+    cost, and is regressed: ranked last and out of the medians."""
+    cells = [ucell("clean", defense=d, edits=[1] * N) for d in ("none", "smoothing", "switch")]
+    for d, noise, pgd in (("none", 1, 5), ("smoothing", 1, 4), ("switch", 3, 3)):
+        cells.append(ucell("defense", "noise", defense=d, edits=[noise] * N))
+        cells.append(ucell("defense", "pgd", defense=d, edits=[pgd] * N))
+    board = build(cells, META)
+    by_name = {r["name"]: r for r in board["defenses"]}
+    assert by_name["switch"]["clean_regression"] == pytest.approx(0.0)
+    assert by_name["switch"]["noise_regression"] == pytest.approx(2 / 6)
+    assert by_name["switch"]["regressed"] and not by_name["smoothing"]["regressed"]
+    assert [r["name"] for r in board["defenses"]][-1] == "switch"   # best robust score, last
+    assert by_name["switch"]["score"] < by_name["smoothing"]["score"]
+    assert "switch" not in board["attacks"][0]["defenses"]
+    assert formulas.eligible_defenses([c for c in cells if c["kind"] == "clean"]) == {
+        "none", "smoothing", "switch"}   # the clean check alone let it in
+    # failing on the noise is no way out: its lost utterances count WER 1.0
+    failed = [dict(c, error="purify failed") if c["defense"] == "switch" and c["attack"] == "noise"
+              else c for c in cells]
+    assert {r["name"]: r for r in build(failed, META)["defenses"]}["switch"]["regressed"]
+
+
 def test_median_shift_bound_holds_for_any_answer():
     import random
     from statistics import median
@@ -438,6 +464,20 @@ def test_a_store_that_cannot_be_read_is_refused_by_name_and_left_as_it_is(tmp_pa
         with pytest.raises(StoreError, match=message):
             read(root)
         assert _tree(root) == before       # no byte, journal mode, table or folder added
+
+
+def test_reading_a_store_leaves_its_file_as_it_is(tmp_path):
+    """A committed store (rollback journal, one file): reading it through ResultsStore switched
+    it to WAL, rewriting its header, so `git status` showed the published store modified."""
+    store = ResultsStore(tmp_path)
+    store.put("k1", "clean", {"x": 1})
+    store.set_meta("last_run", {"profile": "quick"})
+    _sql(store.path, "PRAGMA journal_mode=DELETE")
+    before = store.path.read_bytes()
+    reader = ResultsStore(tmp_path)
+    assert reader.cells() and reader.meta() and reader.has("k1") and reader.get("k1") and reader.count() == 1
+    assert store.path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "artifacts", "results.sqlite"]
 
 
 def test_a_cell_or_meta_that_does_not_parse_is_named_and_the_rest_stays_readable(tmp_path):

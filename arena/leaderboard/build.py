@@ -52,7 +52,7 @@ def build(cells: list[dict], meta: dict | None = None) -> dict:
     for c in by_kind["attack"]:
         if c["error"]:
             attack_errors.setdefault(c["attack"], set()).add(c["error"][:300])
-    eligible = formulas.eligible_defenses(by_kind["clean"])
+    eligible = formulas.eligible_defenses(by_kind["clean"], defense_cells=by_kind["defense"])
     counts = formulas.self_reported_counts(by_kind["attack"])
     attacks = formulas.untargeted_attack_scores(rows, eligible, counts)
     targeted = formulas.targeted_attack_scores(rows, eligible, counts)

@@ -13,12 +13,14 @@ in every aggregate, so per-utterance WER is at most 1.0: a defense that answers 
 costs 1.0 on that utterance, not 500, and every WER lies in [0, 1], every ΔWER in [-1, 1].
 
 Attack score. For each (model, budget) the attack's ΔWER is the MEDIAN over the eligible
-defenses: the reference `none` plus every defense whose clean WER is at most
-CLEAN_REGRESSION_MARGIN above the undefended model's (the defense table's `regressed`
-flag). The score is the mean of these medians over (model, budget). Targeted attacks: the
-same with the exact-match rate. Why: with a mean, one sacrificial defense that recognises
-an attack's watermark and answers garbage moved that attack to rank 1; eligibility only
-depends on a defense's own clean WER, so a colluder cannot exclude honest defenses.
+defenses: the reference `none` plus every defense whose WER is at most
+CLEAN_REGRESSION_MARGIN above the undefended model's both on clean audio and on the
+`noise` baseline's audio (random noise of the budget's size; the defense table's
+`regressed` flag, see `regressions`). The score is the mean of these medians over
+(model, budget). Targeted attacks: the same with the exact-match rate. Why: with a
+mean, one sacrificial defense that recognises an attack's watermark and answers garbage
+moved that attack to rank 1; eligibility only depends on a defense's own WER on clean and
+benign-noise audio, so a colluder cannot exclude honest defenses.
 
 Bound. In one (model, budget) group let t_1 <= ... <= t_k be the values of the OTHER
 eligible defenses, with sentinels t_0 = -1 and t_(k+1) = +1 (values are bounded). Whatever
@@ -60,6 +62,7 @@ from arena.core.text import normalize_text
 
 NO_DEFENSE = "none"
 CLEAN_REGRESSION_MARGIN = 0.05  # absolute clean-WER increase a defense may cost
+BENIGN_ATTACK = "noise"   # the baseline's random noise at each budget: perturbed, not adversarial
 N_BOOT = 1000
 BOOT_SEED = 20240611
 SIGNIFICANT = 0.975   # fraction of paired resamples in which one entry must beat another
@@ -213,16 +216,41 @@ def _errors(rows, key="attack_error"):
 
 
 # ------------------------------------------------------------------ attacks
-def eligible_defenses(clean_cells, margin: float = CLEAN_REGRESSION_MARGIN) -> set[str]:
-    """`none` and every defense whose mean clean WER is within `margin` of `none`'s."""
+def regressions(clean_cells, defense_cells=()) -> dict[str, dict[str, float | None]]:
+    """Per defense: `clean_regression`, its mean clean WER minus `none`'s, and
+    `noise_regression`, its mean WER on the BENIGN_ATTACK's audio minus `none`'s on the same
+    (model, budget) cells (None where there is nothing to compare). The second closes what
+    the first leaves open: the corpus is noiseless synthesis, so clean audio is recognisable
+    (exact digital silence) and a defense could answer it with the bare model while
+    purifying everything else with a filter that breaks speech; on random noise of the
+    budget's size (which fills the silence like any attack) it would show its real cost."""
     clean = _clean_index(clean_cells)
     base = _mean([cell_wer(c) for (d, _), c in clean.items() if d == NO_DEFENSE])
-    out = {NO_DEFENSE}
-    for defense in {d for d, _ in clean}:
+    # a failed cell counts (its lost utterances at WER 1.0): failing on noise is no way out
+    noisy = {(c["defense"], c["model"], c["budget"]): cell_wer(c) for c in defense_cells
+             if c["attack"] == BENIGN_ATTACK}
+    out: dict[str, dict[str, float | None]] = {}
+    for defense in {d for d, _ in clean} | {d for d, _, _ in noisy}:
         wer = _mean([cell_wer(c) for (d, _), c in clean.items() if d == defense])
-        if wer is None or base is None or wer - base <= margin:
-            out.add(defense)
+        pairs = [(v, noisy[(NO_DEFENSE, m, b)]) for (d, m, b), v in noisy.items()
+                 if d == defense and (NO_DEFENSE, m, b) in noisy]
+        noise = sum(v - n for v, n in pairs) / len(pairs) if pairs else None
+        out[defense] = {
+            "clean_regression": wer - base if wer is not None and base is not None else None,
+            "noise_regression": noise}
     return out
+
+
+def is_regressed(regression: dict, margin: float = CLEAN_REGRESSION_MARGIN) -> bool:
+    return any(v is not None and v > margin for v in regression.values())
+
+
+def eligible_defenses(clean_cells, margin: float = CLEAN_REGRESSION_MARGIN,
+                      defense_cells=()) -> set[str]:
+    """`none` and every defense within `margin` of `none` on clean audio and on the benign
+    noise (`regressions`)."""
+    return {NO_DEFENSE} | {d for d, r in regressions(clean_cells, defense_cells).items()
+                           if not is_regressed(r, margin)}
 
 
 def median_shift_bound(others) -> float:
@@ -338,8 +366,9 @@ def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_
     implements transcribe, so the attack went through the bare model; "white-box": the
     defense is the bare model; self-reported by the defense's process) and
     `oracle_agreement` how often our model on its purify agreed with its transcribe on the
-    adaptive audio. A defense whose clean WER is more than `margin` above the undefended
-    model's is marked and ranked after all others."""
+    adaptive audio. A defense whose WER on clean or on benign-noise audio is more than
+    `margin` above the undefended model's (`regressions`) is marked and ranked after all
+    others."""
     rs = rs or Resampler.of(list(defense_cells) + list(clean_cells))
     clean = _clean_index(clean_cells)
     groups = defaultdict(list)  # (defense, model, budget) -> cells
@@ -361,7 +390,7 @@ def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_
     clean_cells_of = defaultdict(list)
     for (d, _), c in sorted(clean.items()):
         clean_cells_of[d].append(c)
-    base = _mean([cell_wer(c) for c in clean_cells_of.get(NO_DEFENSE, [])])
+    regressed_by = regressions(clean_cells, defense_cells)
     oracles = _oracles(adaptive_cells, defense_cells)
     out = []
     for defense, values in per_defense.items():
@@ -373,12 +402,10 @@ def defense_scores(defense_cells, clean_cells, margin: float = CLEAN_REGRESSION_
         row.update(oracles.get(defense, dict(adaptive=None, oracle_agreement=None)))
         cw = clean_cells_of.get(defense, [])
         _with_ci(row, "clean_wer", rs.cell_rates(cw, "word_edits", "words").mean(axis=1) if cw else None)
-        regression = (row["clean_wer"] - (base if base is not None else row["clean_wer"])
-                      if row["clean_wer"] is not None else None)
+        regression = regressed_by.get(defense, {"clean_regression": None, "noise_regression": None})
         errors = sorted({c["error"] for c in defense_cells if c["defense"] == defense and c.get("error")}
                         | {c["error"] for c in cw if c.get("error")})
-        row.update(clean_regression=regression,
-                   regressed=bool(regression is not None and regression > margin),
+        row.update(regression, regressed=is_regressed(regression, margin),
                    cells=len(values["score"]), errors=errors)
         out.append(row)
     return _ranked(out, key=lambda r: (r["regressed"], _sortable(r["score"], 1)),

@@ -41,7 +41,8 @@ TRACK_TITLES = {
                 "attacks included; non-adaptive and adaptive WER beside it (lower is better)",
 }
 LEGEND = ("[low, high]: 95% bootstrap interval over utterances; rank a-b: ranks the paired bootstrap "
-          "cannot separate; eligible defenses: `none` and those without clean-WER regression; "
+          "cannot separate; eligible defenses: `none` and those without WER regression on clean or "
+          "benign-noise audio; "
           "adaptive: bpda = the reference attack through the defense's purify (straight-through, "
           "averaged over its randomness), transfer = transcribe-only defense, attacked through the bare "
           "model, white-box = the defense is the bare model (labels self-reported); "

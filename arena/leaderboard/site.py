@@ -647,9 +647,11 @@ def rules_html(board: dict) -> str:
         "that recognises it could buy rank 1.",
         f"<b>Regressed</b>: a defense whose clean WER (mean over models) is more than "
         f"{margin:.2f} ({100 * margin:.0f} percentage points, absolute) above the undefended "
-        "models' clean WER is marked <em>regressed</em> and ranked after every defense that is "
-        "not, whatever its robust score: a defense may not buy robustness by breaking clean "
-        "speech.",
+        "models' clean WER, or whose WER on the <em>noise</em> baseline's audio (random noise "
+        "of the budget's size) is that much above the undefended models' on the same audio, is "
+        "marked <em>regressed</em> and ranked after every defense that is not, whatever its "
+        "robust score: a defense may not buy robustness by breaking speech, and the second "
+        "check stops one that spares only audio it recognises as clean.",
         "<b>Failures</b>: an attack that fails on a batch is scored on the clean audio of that "
         "batch (it gains nothing) and its error is shown; a defense that fails scores WER 1.0 "
         "on the utterances it did not transcribe.",
