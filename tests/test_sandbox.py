@@ -370,7 +370,7 @@ def test_a_killed_harness_leaves_no_job_folder_behind(tmp_path, model_file):
             f"run_attack_job(plugin_spec({str(sub)!r}), {str(model_file)!r}, [b], 'snr30')\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(base)})
     deadline = time.time() + 60
-    while not list(base.glob("arena-job-*/input/job.json")) and time.time() < deadline:
+    while not list(base.glob("arena-job-*/*/input/job.json")) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
