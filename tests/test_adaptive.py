@@ -289,3 +289,56 @@ def test_a_hostile_ready_message_is_a_clear_purify_error(tmp_path, model_file):
     with pytest.raises(PurifyError, match="ready.json is malformed.*nested"):
         with PurifyServer(spec, model_file):
             pass
+
+
+KEYED = '''import hashlib
+import torch
+from arena import Defense
+
+
+class P(Defense):
+    def purify(self, wave, lengths):
+        # random, but keyed to the input: the same audio always gets the same draw
+        rows = []
+        for row in wave:
+            key = int.from_bytes(hashlib.sha256(row.numpy().tobytes()).digest()[:8], "little")
+            rows.append(row + 0.01 * torch.randn(row.shape, generator=torch.Generator().manual_seed(key)))
+        return torch.stack(rows)
+'''
+FILTER = '''import torch
+from arena import Defense
+
+
+class P(Defense):
+    def purify(self, wave, lengths):   # deterministic: a 5-tap moving average
+        return torch.nn.functional.avg_pool1d(wave[:, None], 5, 1, 2, count_include_pad=False)[:, 0]
+'''
+
+
+@pytest.mark.parametrize("name, code, expected", [
+    ("keyed", KEYED, "keyed"), ("filter", FILTER, "deterministic"), ("quantize", HONEST, "deterministic"),
+], ids=["keyed", "filter", "quantize"])
+def test_a_purify_keyed_to_its_input_is_attacked_as_random(tmp_path, model_file, name, code, expected):
+    """Keyed randomness answered the harness's two identical requests alike, so it was taken
+    as deterministic and attacked with one draw per step (main at c068cae); a one-sample,
+    one-LSB nudge shows it random, and the EOT copies, each dithered, get draws of their own.
+    Deterministic purifies (a filter, a quantiser) stay deterministic."""
+    import torch
+
+    from arena.core.audio import AudioBatch
+    from arena.sandbox.serve import PurifyServer
+    from arena.score.adaptive import eot_rows, purify_randomness
+
+    spec = _defense(tmp_path, name, code)
+    gen = torch.Generator().manual_seed(1)
+    wave = (torch.rand(2, 8000, generator=gen) - 0.5) * 0.4
+    lengths = torch.tensor([8000, 6000])
+    wave[1, 6000:] = 0
+    batch = AudioBatch(ids=["a", "b"], wave=wave, lengths=lengths)
+    with PurifyServer(spec, model_file) as server:
+        assert purify_randomness(server, batch).value == expected
+        if expected == "keyed":
+            out = server.purify(eot_rows(wave, batch.mask, 3, dither=True), lengths.repeat(3)).view(3, 2, -1)
+            assert all((out[i] - out[j]).norm() > 0.1 for i, j in ((0, 1), (0, 2), (1, 2)))
+            same = server.purify(eot_rows(wave, batch.mask, 3, dither=False), lengths.repeat(3))
+            assert torch.equal(same.view(3, 2, -1)[1], same.view(3, 2, -1)[2])   # what it exploited

@@ -15,6 +15,7 @@ purified final audio, so the board can show where the two disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -28,10 +29,14 @@ from arena.score.keys import ADAPTIVE_ATTACK
 from arena.submissions.manifest import content_hash
 
 REFERENCE = "apgd"          # the baseline whose loop and objective the adaptive attack runs
+LSB = 1.0 / 32768           # one step of 16-bit audio
+# a purify is random when one sample nudged by an LSB moves its output by more than this
+# (per utterance, L2): a deterministic filter passes the nudge on at about its size
+NUDGE_TOLERANCE = 16 * LSB
 
 
-__all__ = ["ADAPTIVE_ATTACK", "REFERENCE", "Reference", "attack_batch", "is_random",
-           "oracle_transcripts"]
+__all__ = ["ADAPTIVE_ATTACK", "REFERENCE", "Randomness", "Reference", "attack_batch", "eot_rows",
+           "oracle_transcripts", "purify_randomness"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,45 @@ class Reference:
         return int(table.get(effort, table["quick"]))
 
 
-def is_random(server: PurifyServer, batch: AudioBatch) -> bool:
-    """Whether two purifies of the same audio differ (then the attack averages over draws)."""
+class Randomness(str, Enum):
+    DETERMINISTIC = "deterministic"
+    RANDOM = "random"
+    KEYED = "keyed"     # a deterministic function of its input that draws anew on any change
+
+
+def purify_randomness(server: PurifyServer, batch: AudioBatch) -> Randomness:
+    """RANDOM when two purifies of the same audio differ; KEYED when they agree but one
+    sample per utterance nudged by an LSB moves the output by more than NUDGE_TOLERANCE (a
+    purify that seeds its randomness from a hash of the audio: the same audio, the same
+    draw); else DETERMINISTIC. The attack averages over draws (EOT) unless DETERMINISTIC."""
     a = server.purify(batch.wave, batch.lengths)
     b = server.purify(batch.wave, batch.lengths)
-    return not torch.equal(a, b)
+    if not torch.equal(a, b):
+        return Randomness.RANDOM
+    nudged = batch.wave.clone()
+    rows = torch.arange(len(nudged))
+    middle = (batch.lengths // 2).clamp(max=nudged.shape[1] - 1)
+    value = nudged[rows, middle]
+    nudged[rows, middle] = torch.where(value + LSB <= 1.0, value + LSB, value - LSB)
+    c = server.purify(nudged, batch.lengths)
+    return Randomness.KEYED if bool(((c - a).norm(dim=1) > NUDGE_TOLERANCE).any()) \
+        else Randomness.DETERMINISTIC
+
+
+def eot_rows(x: torch.Tensor, mask: torch.Tensor, eot: int, dither: bool) -> torch.Tensor:
+    """`eot` copies of the batch for one EOT request. With `dither` (a KEYED purify) every
+    copy after the first carries its own +-1 LSB dither on the real samples (fixed seed: the
+    attack stays reproducible), so that the purify draws anew for each copy instead of
+    answering all alike; a RANDOM purify draws anew anyway and gets identical copies."""
+    if eot == 1 or not dither:
+        return x.repeat(eot, 1)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randint(-1, 2, (eot - 1, *x.shape), generator=gen).to(x.dtype) * LSB
+    return torch.cat([x, (x.unsqueeze(0) + noise * mask).clamp(-1.0, 1.0).flatten(0, 1)])
 
 
 def attack_batch(reference: Reference, net, server: PurifyServer, batch: AudioBatch,
-                 budget: Budget, steps: int, eot: int) -> torch.Tensor:
+                 budget: Budget, steps: int, eot: int, dither: bool = False) -> torch.Tensor:
     """BPDA + EOT APGD on one batch: the adversarial audio (before the harness's projection)."""
     ref = reference.module
     x, mask, lengths = batch.wave, batch.mask, batch.lengths
@@ -65,7 +100,7 @@ def attack_batch(reference: Reference, net, server: PurifyServer, batch: AudioBa
     copies = lengths.repeat(eot)
 
     def evaluate(delta):
-        purified = server.purify((x + delta).repeat(eot, 1), copies)
+        purified = server.purify(eot_rows(x + delta, mask, eot, dither), copies)
         p = purified.requires_grad_(True)
         log_probs, out_lengths = net(p, copies)
         loss = ref.blank_margin(log_probs, out_lengths)

@@ -10,7 +10,6 @@ whose purify fails under the adaptive attack (on the utterances it left unanswer
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +21,18 @@ from arena.core.audio import SAMPLE_RATE, AudioBatch, pad_waves
 from arena.core.budget import Budget
 from arena.core.text import normalize_text
 from arena.data.batching import length_batches
-from arena.plugins.spec import submission_files
+from arena.plugins.spec import copy_submission, submission_files
 from arena.sandbox import JobResult, SandboxLimits, new_jobdir, run_attack_job, run_defense_rounds
 from arena.sandbox.jobs import remove_tree
 from arena.sandbox.serve import PurifyError, PurifyServer
-from arena.score.adaptive import ADAPTIVE_ATTACK, Reference, attack_batch, is_random, oracle_transcripts
+from arena.score.adaptive import (
+    ADAPTIVE_ATTACK,
+    Randomness,
+    Reference,
+    attack_batch,
+    oracle_transcripts,
+    purify_randomness,
+)
 from arena.score.enforce import enforce_budget, rounded_snr
 from arena.score.plan import (
     AdaptiveJob,
@@ -157,13 +163,13 @@ def run_adaptive(job: AdaptiveJob, grid: Grid, ctx: RunContext) -> JobOutput:
         with server:
             # always through purify: what the defense says it overrides (self-reported) only
             # labels the cell, so a forged answer cannot buy a weaker attack
-            eot = grid.profile.eot if is_random(server, plan[0][1]) else 1
+            randomness = purify_randomness(server, plan[0][1])
             for budget_id, key in zip(job.budgets, job.keys):
-                out.cells.append(_adaptive_cell(job, grid, budget_id, key, plan, eot, reference,
+                out.cells.append(_adaptive_cell(job, grid, budget_id, key, plan, randomness, reference,
                                                 net, server))
     except PurifyError as e:       # the server did not start or load: every utterance fails
         done = {c.key for c in out.cells}
-        out.cells += [_adaptive_cell(job, grid, b, k, plan, 1, reference, net, None, str(e))
+        out.cells += [_adaptive_cell(job, grid, b, k, plan, None, reference, net, None, str(e))
                       for b, k in zip(job.budgets, job.keys) if k not in done]
     if server.result is not None:
         _sandbox_output(server.result, out, job.name)
@@ -171,12 +177,13 @@ def run_adaptive(job: AdaptiveJob, grid: Grid, ctx: RunContext) -> JobOutput:
 
 
 def _adaptive_cell(job: AdaptiveJob, grid: Grid, budget_id: str, key: str, plan,
-                   eot: int, reference: Reference, net, server: PurifyServer | None,
-                   failure: str | None = None) -> Cell:
+                   randomness: Randomness | None, reference: Reference, net,
+                   server: PurifyServer | None, failure: str | None = None) -> Cell:
     budget = Budget.parse(budget_id)
     axes = grid.axes(attack=ADAPTIVE_ATTACK, budget=budget_id, defense=job.defense.name,
                      model=job.model.name)
     overrides = server.overrides if server is not None else {}
+    eot = grid.profile.eot if randomness in (Randomness.RANDOM, Randomness.KEYED) else 1
     metrics = dict(track="adaptive", eot=eot, reference=reference.content_hash,
                    steps=reference.steps(grid.profile.effort),
                    oracle=oracle_label(overrides.get("purify"), overrides.get("transcribe")))
@@ -186,7 +193,8 @@ def _adaptive_cell(job: AdaptiveJob, grid: Grid, budget_id: str, key: str, plan,
         adv = None
         if failure is None and server is not None:
             try:
-                adv = attack_batch(reference, net, server, batch, budget, steps, eot)
+                adv = attack_batch(reference, net, server, batch, budget, steps, eot,
+                                   dither=randomness is Randomness.KEYED)
             except PurifyError as e:
                 failure = str(e)
         projected, snr = enforce_budget(budget, batch.wave, adv, batch.lengths)
@@ -352,12 +360,7 @@ def _pinned(job, dest: Path):
     entry = job.attack if isinstance(job, AttackJob) else job.defense
     folder = dest / "submission"
     folder.mkdir()
-    for f in submission_files(entry.path):   # what the hash covers; symlinks refused
-        target = folder.joinpath(*f.rel.split("/"))
-        if f.is_dir:
-            target.mkdir()
-        else:
-            shutil.copyfile(f.path, target, follow_symlinks=False)
+    copy_submission(submission_files(entry.path), folder)   # what the hash covers; no links
     got = content_hash(folder)
     if got != entry.content_hash:
         raise SubmissionChangedError(f"submission {entry.name} changed since this run read it "
