@@ -664,3 +664,31 @@ def test_two_names_that_read_the_same_are_refused(tmp_path, twin):
 def submission_files_checked(folder: Path):
     """The intake's check of a folder (load_manifest walks it through submission_files)."""
     return content_hash(folder)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo", "gone"])
+def test_a_file_swapped_after_it_was_listed_is_never_followed(tmp_path, swap):
+    """Every copy of a submission (install, a job's private copy, the sandbox input) copies
+    the list submission_files made; a file swapped meanwhile for a link was copied as a link
+    and then chmod-ed through it (main at c068cae: the link's target, here a host file,
+    became 0644), and a fifo would block the harness on open."""
+    import os
+
+    from arena.plugins.spec import SubmissionFilesError, copy_submission
+
+    sub = make_sub(tmp_path / "s")
+    files = submission_files(sub)
+    host = tmp_path / "host-secret"
+    host.write_text("secret")
+    host.chmod(0o600)
+    (sub / "plugin.py").unlink()
+    if swap == "symlink":
+        (sub / "plugin.py").symlink_to(host)
+    elif swap == "fifo":
+        os.mkfifo(sub / "plugin.py")
+    dst = tmp_path / "copy"
+    dst.mkdir()
+    with pytest.raises(SubmissionFilesError, match=r"plugin\.py: "):
+        copy_submission(files, dst)
+    assert host.stat().st_mode & 0o777 == 0o600 and host.read_text() == "secret"
+    assert not (dst / "plugin.py").is_symlink()

@@ -8,6 +8,8 @@ into the sandbox by the job runner.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
@@ -153,3 +155,28 @@ def submission_files(folder, *, max_entries: int = MAX_ENTRIES) -> list[Submissi
                                            "(folders count); refused")
     out.sort(key=lambda f: f.rel)
     return out
+
+
+def copy_submission(files: list[SubmissionFile], dst) -> None:
+    """Copy exactly `files` (a `submission_files` list: sorted, so a folder comes before what
+    it holds) into the existing folder `dst`: bytes only (folders 0755, files 0644, no host
+    mtimes), nothing followed. A file swapped since it was listed (for a link, a fifo, a
+    folder) or gone is a SubmissionFilesError naming it: the copy opens the source with
+    O_NOFOLLOW and creates each target anew, so a link is never followed at either end."""
+    dst = Path(dst)
+    for f in files:
+        target = dst.joinpath(*f.rel.split("/"))
+        try:
+            if f.is_dir:
+                os.mkdir(target, 0o755)
+            else:
+                src_fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(src_fd, "rb") as src:
+                    if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                        raise SubmissionFilesError(f"{f.rel}: is no longer a regular file; refused")
+                    with open(target, "xb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(target, 0o755 if f.is_dir else 0o644)
+        except OSError as e:
+            raise SubmissionFilesError(f"{f.rel}: cannot be copied ({e.strerror or e}); was the "
+                                       "folder changed while it was read?") from None

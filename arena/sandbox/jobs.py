@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arena.core.budget import Budget
-from arena.plugins.spec import PluginSpec, submission_files
+from arena.plugins.spec import PluginSpec, copy_submission, submission_files
 from arena.sandbox import bwrap, slot
 from arena.sandbox.channel import PipeReader, Receiver
 from arena.sandbox.control import TASK_SLACK, JobControl, proc_stat
@@ -108,13 +108,7 @@ def _copy_submission(src: Path, dst: Path) -> None:
     # exactly the entries the content hash covers (one list: submission_files; it refuses
     # symlinks and special files); bytes only, so no host mtimes or modes travel
     os.mkdir(dst, 0o755)
-    for f in submission_files(src):
-        target = dst.joinpath(*f.rel.split("/"))
-        if f.is_dir:
-            os.mkdir(target, 0o755)
-        else:
-            shutil.copyfile(f.path, target, follow_symlinks=False)
-        os.chmod(target, 0o755 if f.is_dir else 0o644)
+    copy_submission(submission_files(src), dst)
     os.chmod(dst, 0o755)
 
 

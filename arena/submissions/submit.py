@@ -21,6 +21,7 @@ from arena.plugins.spec import (
     MAX_PATH_CHARS,
     SubmissionFilesError,
     bad_name,
+    copy_submission,
     submission_files,
 )
 from arena.submissions.manifest import MANIFEST, RECORD, SubmissionError, content_hash, load_manifest
@@ -419,16 +420,10 @@ def _install_copy(files: list, staging: Path) -> None:
     """Copy exactly the entries submission_files listed (what was checked and what the
     content hash covers): __pycache__/, *.pyc and only the top-level SUBMISSION.json stay out,
     so a nested pkg/SUBMISSION.json is installed as it was validated."""
-    for f in files:   # sorted by path: a folder comes before what it holds
-        out = staging.joinpath(*f.rel.split("/"))
-        try:
-            if f.is_dir:
-                out.mkdir(exist_ok=True)
-            else:
-                shutil.copy2(f.path, out, follow_symlinks=False)
-        except (OSError, shutil.Error) as e:   # e.g. removed or made a fifo since it was listed
-            raise SubmissionError(f"{f.rel}: cannot be copied ({getattr(e, 'strerror', None) or e}); "
-                                  "was the folder changed during submit?") from None
+    try:
+        copy_submission(files, staging)
+    except SubmissionFilesError as e:
+        raise SubmissionError(str(e)) from None
 
 
 def _ensure(p: Path) -> Path:
