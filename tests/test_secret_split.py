@@ -91,3 +91,44 @@ def test_a_secret_in_an_existing_shared_folder_leaves_its_mode(tmp_path, monkeyp
     path = subset_mod.create_secret()
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_on_the_secret_split_each_plugin_gets_a_private_seed_of_its_own(env):
+    """Every plugin was given the run's seed (`self.seed`, 0 by default), so a defense could
+    regenerate the `noise` baseline's noise (or any attack's seeded randomness) and
+    recognise its audio. On the secret split each plugin now gets a seed derived from the
+    secret and its own content hash; public splits keep the run's seed (published cells)."""
+    import dataclasses
+
+    from arena.core import paths
+    from arena.score.profiles import get_profile
+    from arena.score.run import ScoreOptions, run_score, target_specs
+    from arena.score.store import ResultsStore
+    from arena.submissions.entries import discover
+
+    subset_mod.create_secret()
+    manifest = ensure_split("dev", DEFAULT_SEED, size=2, progress=False)
+    profile = dataclasses.replace(get_profile("quick", n=2), budgets=("snr30",), transfer=False)
+    public = subset_mod.load_subset(profile, manifest=manifest)
+    entries, _ = discover(["noise", "fgsm", "none", "lowpass"], roots=[(paths.baselines_dir(), "baseline")])
+
+    class Planner:   # the real plan; the jobs are not run, only the grid they carry is kept
+        workers = 1
+
+        def __init__(self):
+            self.grids = []
+
+        def run(self, jobs, fn):
+            self.grids.append(fn.keywords["grid"])
+            for job in jobs:
+                yield job, None, RuntimeError("not run")
+
+    seeds = {}
+    for split in ("dev", "secret"):
+        store = ResultsStore(env.parent / f"store-{split}")
+        planner = Planner()
+        run_score(store, ScoreOptions(profile, progress=False, seed=0), entries, target_specs(["dense"]),
+                  dataclasses.replace(public, split=split), executor=planner)
+        seeds[split] = {e.name: planner.grids[0].seed_for(e) for e in entries}
+    assert set(seeds["dev"].values()) == {0}
+    assert len(set(seeds["secret"].values())) == len(entries) and 0 not in seeds["secret"].values()

@@ -2,8 +2,9 @@
 
 A submission's entry class subclasses `Attack`, `TargetedAttack` or `Defense`; the sandbox
 worker instantiates it with no arguments (the harness sets `self.effort`, "quick",
-"standard" or "full", and `self.seed`, the scoring run's seed, before the first call) and calls it once
-per batch with a `TargetModel`.
+"standard" or "full", and `self.seed` before the first call: the scoring run's seed, or on
+the secret split one derived from the secret and the plugin's own content hash) and calls it
+once per batch with a `TargetModel`.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class Attack:
 
     track = "attack"
     effort = "full"   # set by the harness: "quick", "standard" or "full"; scale iterations by it
-    seed = 0          # set by the harness: the scoring run's seed, for the plugin's own RNGs
+    seed = 0          # set by the harness, for the plugin's own RNGs (see the module docstring)
 
     def run(self, batch: AudioBatch, model: TargetModel, budget: Budget) -> torch.Tensor:
         raise NotImplementedError

@@ -107,8 +107,8 @@ def run_attack(job: AttackJob, grid: Grid, ctx: RunContext) -> JobOutput:
     batches = [b for _ in job.budgets for _, b in plan]
     budgets = [Budget.parse(b) for b in job.budgets for _ in plan]
     result = run_attack_job(job.attack.spec, job.model.path, batches, budgets, device=ctx.device,
-                            trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort,
-                            limits=ctx.limits())
+                            trusted=ctx.trusted, seed=grid.seed_for(job.attack),
+                            effort=grid.profile.effort, limits=ctx.limits())
     out = JobOutput()
     _sandbox_output(result, out, f"attack {job.name}")
     for j, (budget_id, key) in enumerate(zip(job.budgets, job.keys)):
@@ -158,7 +158,7 @@ def run_adaptive(job: AdaptiveJob, grid: Grid, ctx: RunContext) -> JobOutput:
     plan = _batches(grid, grid.subset.waves, grid.subset.ids, attack=True)
     out = JobOutput()
     server = PurifyServer(job.defense.spec, job.model.path, device=ctx.device, limits=ctx.limits(),
-                          trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort)
+                          trusted=ctx.trusted, seed=grid.seed_for(job.defense), effort=grid.profile.effort)
     try:
         with server:
             # always through purify: what the defense says it overrides (self-reported) only
@@ -235,8 +235,8 @@ def run_defense_group(group: DefenseGroup, grid: Grid, ctx: RunContext) -> JobOu
     plans = [_batches(grid, r.waves, [item.name for item in r.items]) for r in group.rounds]
     results = run_defense_rounds(group.defense.spec, group.model.path,
                                  [[b for _, b in plan] for plan in plans], device=ctx.device,
-                                 trusted=ctx.trusted, seed=grid.seed, effort=grid.profile.effort,
-                                 limits=ctx.limits())
+                                 trusted=ctx.trusted, seed=grid.seed_for(group.defense),
+                                 effort=grid.profile.effort, limits=ctx.limits())
     out = JobOutput()
     outputs = []
     for plan, result in zip(plans, results):

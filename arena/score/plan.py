@@ -55,6 +55,12 @@ class Grid:
     defenses: tuple[Entry, ...]
     models: tuple[TargetSpec, ...]
     reference: str = ""       # content hash of the adaptive evaluation's reference attack
+    # the seed each plugin is given, by content hash (the secret split's, subset.plugin_seeds);
+    # made by the driver, which alone holds the secret; absent: the run's seed
+    plugin_seeds: dict[str, int] = field(default_factory=dict)
+
+    def seed_for(self, entry: Entry) -> int:
+        return self.plugin_seeds.get(entry.content_hash, self.seed)
 
     @property
     def budgets(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from arena.score.plan import (
 from arena.score.profiles import Profile
 from arena.score.progress import JobProgress
 from arena.score.store import ResultsStore
-from arena.score.subset import DataSubset, load_subset
+from arena.score.subset import SECRET_SPLIT, DataSubset, load_subset, plugin_seeds
 from arena.submissions.entries import Entry
 from arena.submissions.manifest import content_hash
 from arena.zoo import registry
@@ -154,10 +154,12 @@ def run_score(store: ResultsStore, options: ScoreOptions, entries: list[Entry],
     (submissions that could not be loaded) are kept in the store's meta for the board."""
     t0 = time.time()
     subset = subset or load_subset(options.profile, progress=options.progress)
+    seeds = (plugin_seeds(options.seed, {e.content_hash for e in entries})
+             if subset.split == SECRET_SPLIT else {})
     grid = Grid(subset, options.profile, options.seed, tuple(e for e in entries if e.is_attack),
                 tuple(e for e in entries if e.track == "defense"),
                 tuple(sorted(models, key=lambda m: m.name != "dense")),
-                content_hash(paths.PACKAGE / "baselines" / REFERENCE))
+                content_hash(paths.PACKAGE / "baselines" / REFERENCE), seeds)
     store.set_meta("last_run", dict(profile=options.profile.name, split=subset.split,
                                     seed_tag=subset.seed_tag, n_utterances=len(subset.ids),
                                     budgets=list(grid.budgets), device=options.device,

@@ -94,6 +94,16 @@ def secret_seed(path: Path | None = None) -> int:
     return value
 
 
+def plugin_seeds(run_seed: int, content_hashes) -> dict[str, int]:
+    """The secret split's seed for each plugin (`self.seed`), by content hash: derived from the
+    secret, so it is private, and from the plugin, so no plugin can reproduce another's
+    randomness (a defense regenerating the `noise` baseline's noise, or an attack's random
+    start, to recognise its audio). Public splits give every plugin the run's seed."""
+    secret = secret_seed()
+    return {h: int.from_bytes(hashlib.sha256(f"plugin-seed:{secret:x}:{run_seed}:{h}".encode())
+                              .digest()[:4], "little") for h in content_hashes}
+
+
 def secret_split(progress: bool = True, size: int | None = None) -> tuple[Path, str]:
     """The secret split's manifest (built on first use; `size` utterances, default the test
     split's) and its published id."""
