@@ -666,7 +666,7 @@ def submission_files_checked(folder: Path):
     return content_hash(folder)
 
 
-@pytest.mark.parametrize("swap", ["symlink", "fifo", "gone"])
+@pytest.mark.parametrize("swap", ["symlink", "fifo", "gone", "folder-link"])
 def test_a_file_swapped_after_it_was_listed_is_never_followed(tmp_path, swap):
     """Every copy of a submission (install, a job's private copy, the sandbox input) copies
     the list submission_files made; a file swapped meanwhile for a link was copied as a link
@@ -677,18 +677,28 @@ def test_a_file_swapped_after_it_was_listed_is_never_followed(tmp_path, swap):
     from arena.plugins.spec import SubmissionFilesError, copy_submission
 
     sub = make_sub(tmp_path / "s")
+    (sub / "pkg").mkdir()
+    (sub / "pkg" / "key.txt").write_text("public")
     files = submission_files(sub)
     host = tmp_path / "host-secret"
     host.write_text("secret")
     host.chmod(0o600)
-    (sub / "plugin.py").unlink()
+    if swap == "folder-link":   # a folder swapped for a link to a host folder holding key.txt
+        (tmp_path / "host-dir").mkdir()
+        (tmp_path / "host-dir" / "key.txt").write_text("host key")
+        shutil.rmtree(sub / "pkg")
+        (sub / "pkg").symlink_to(tmp_path / "host-dir")
+    else:
+        (sub / "plugin.py").unlink()
     if swap == "symlink":
         (sub / "plugin.py").symlink_to(host)
     elif swap == "fifo":
         os.mkfifo(sub / "plugin.py")
     dst = tmp_path / "copy"
     dst.mkdir()
-    with pytest.raises(SubmissionFilesError, match=r"plugin\.py: "):
+    with pytest.raises(SubmissionFilesError, match=r"pkg: |pkg/key\.txt: " if swap == "folder-link"
+                       else r"plugin\.py: "):
         copy_submission(files, dst)
     assert host.stat().st_mode & 0o777 == 0o600 and host.read_text() == "secret"
     assert not (dst / "plugin.py").is_symlink()
+    assert not (dst / "pkg" / "key.txt").exists() or (dst / "pkg" / "key.txt").read_text() == "public"

@@ -161,22 +161,48 @@ def copy_submission(files: list[SubmissionFile], dst) -> None:
     """Copy exactly `files` (a `submission_files` list: sorted, so a folder comes before what
     it holds) into the existing folder `dst`: bytes only (folders 0755, files 0644, no host
     mtimes), nothing followed. A file swapped since it was listed (for a link, a fifo, a
-    folder) or gone is a SubmissionFilesError naming it: the copy opens the source with
-    O_NOFOLLOW and creates each target anew, so a link is never followed at either end."""
+    folder) or gone is a SubmissionFilesError naming it. Each source is opened component by
+    component from the submission folder with O_NOFOLLOW (a folder swapped for a link to
+    /root cannot smuggle a host file into the copy) and each target is created anew."""
+    if not files:
+        return
     dst = Path(dst)
-    for f in files:
-        target = dst.joinpath(*f.rel.split("/"))
-        try:
-            if f.is_dir:
-                os.mkdir(target, 0o755)
-            else:
-                src_fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                with os.fdopen(src_fd, "rb") as src:
-                    if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                        raise SubmissionFilesError(f"{f.rel}: is no longer a regular file; refused")
-                    with open(target, "xb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(target, 0o755 if f.is_dir else 0o644)
-        except OSError as e:
-            raise SubmissionFilesError(f"{f.rel}: cannot be copied ({e.strerror or e}); was the "
-                                       "folder changed while it was read?") from None
+    root = Path(files[0].path)
+    for _ in files[0].rel.split("/"):
+        root = root.parent
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for f in files:
+            target = dst.joinpath(*f.rel.split("/"))
+            try:
+                if f.is_dir:
+                    os.close(_open_below(root_fd, f.rel, os.O_DIRECTORY))   # still a folder
+                    os.mkdir(target, 0o755)
+                else:
+                    with os.fdopen(_open_below(root_fd, f.rel, os.O_NONBLOCK), "rb") as src:
+                        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                            raise SubmissionFilesError(f"{f.rel}: is no longer a regular file; refused")
+                        with open(target, "xb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                os.chmod(target, 0o755 if f.is_dir else 0o644)
+            except OSError as e:
+                raise SubmissionFilesError(f"{f.rel}: cannot be copied ({e.strerror or e}); was "
+                                           "the folder changed while it was read?") from None
+    finally:
+        os.close(root_fd)
+
+
+def _open_below(root_fd: int, rel: str, flags: int) -> int:
+    """`rel` opened read-only below the folder `root_fd`, no component followed if a link."""
+    *folders, name = rel.split("/")
+    fd = root_fd
+    try:
+        for part in folders:
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd = below
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | flags, dir_fd=fd)
+    finally:
+        if fd != root_fd:
+            os.close(fd)
