@@ -369,3 +369,41 @@ def test_every_job_with_plugin_code_gets_its_submission_on_the_worker(tmp_path, 
     assert (moved.path / "plugin.py").read_text() == "x = 1\n"
     assert local.model.path.read_bytes() == model_bytes
     assert dataclasses.replace(moved, spec=entry.spec) == entry
+
+
+@pytest.mark.parametrize("swap", ["link", "fifo"])
+def test_packing_for_the_object_store_follows_no_file_swapped_after_the_listing(tmp_path, monkeypatch, swap):
+    """The driver's pack for Ray is the same no-link copy as every local copy: a file
+    swapped for a link to a host file after the listing was read through (the host file went
+    into the object store and onto a worker's disk), one swapped for a fifo blocked the
+    driver forever; both are now refused as a local job's copy is."""
+    from arena.plugins.spec import SubmissionFilesError, submission_files
+    from arena.score import cluster as cl
+
+    _sub(tmp_path, "sub", "attack", "x = 1\n")
+    folder = tmp_path / "sub"
+    listed = submission_files(folder)
+    monkeypatch.setattr(cl, "submission_files", lambda _: listed)   # listed before the swap
+    canary = tmp_path / "host-secret.txt"
+    canary.write_text("the host's secret")
+    (folder / "plugin.py").unlink()
+    if swap == "link":
+        (folder / "plugin.py").symlink_to(canary)
+    else:
+        os.mkfifo(folder / "plugin.py")
+    result: list = []
+
+    def pack():
+        try:
+            result.append(cl.pack_submission(folder))
+        except SubmissionFilesError as e:
+            result.append(e)
+
+    t = threading.Thread(target=pack, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():   # blocked opening the fifo: release it, then fail
+        os.close(os.open(folder / "plugin.py", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("packing blocked on a fifo")
+    assert isinstance(result[0], SubmissionFilesError), result[0]
+    assert "plugin.py" in str(result[0])

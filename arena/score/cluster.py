@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.plugins.spec import submission_files
+from arena.plugins.spec import copy_submission, submission_files
 from arena.sandbox import new_jobdir
 from arena.score.executor import Outcome
 from arena.score.plan import AdaptiveJob, AttackJob, DefenseGroup
@@ -53,8 +54,17 @@ def _ray():
 # ------------------------------------------------------------------ what travels
 def pack_submission(folder) -> list[tuple[str, bytes | None]]:
     """A submission's files as (relative path, bytes) pairs, bytes None for a folder:
-    exactly the entries the sandbox receives and the content hash covers."""
-    return [(f.rel, None if f.is_dir else f.path.read_bytes()) for f in submission_files(folder)]
+    exactly the entries the sandbox receives and the content hash covers.
+
+    Read through copy_submission, the one copy every other path makes (install, a local
+    job's private copy): a plain read_bytes followed a file swapped for a link after the
+    listing (a host file went into the object store and onto a worker's disk, refused only
+    there by the hash check) and blocked the driver for good on one swapped for a fifo."""
+    files = submission_files(folder)
+    with tempfile.TemporaryDirectory(prefix="arena-pack-") as tmp:
+        copy_submission(files, tmp)
+        return [(f.rel, None if f.is_dir else Path(tmp, *f.rel.split("/")).read_bytes())
+                for f in files]
 
 
 def unpack_submission(files: list[tuple[str, bytes | None]], dest: Path) -> Path:
