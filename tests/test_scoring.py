@@ -638,3 +638,16 @@ def test_oracle_agreement_compares_transcripts_in_the_normal_form():
     oracles = formulas._oracles(adaptive, cells)
     assert oracles["caps"]["oracle_agreement"] == 1.0       # before: 0.0
     assert oracles["other"]["oracle_agreement"] == 0.5
+
+
+def test_cells_of_a_budget_the_board_does_not_show_stay_off_it():
+    # an older run of the profile scored linf0.01 too; the board's run is snr30 only: that
+    # attack cell's self-reported queries and its error were added to the board's row
+    meta = {"last_run": {"profile": "quick", "split": "dev", "seed_tag": "t", "budgets": ["snr30"]}}
+    cells = CLEAN + [cell("defense", "pgd", "snr30", "none", edits=(4, 3)),
+                     cell("attack", "pgd", "snr30", forward_calls=10, backward_calls=6),
+                     cell("attack", "pgd", "linf0.01", forward_calls=1000, backward_calls=1000,
+                          error="old budget failed")]
+    (row,) = build(cells, meta)["attacks"]
+    assert (row["forward_calls_self_reported"], row["backward_calls_self_reported"]) == (10, 6)
+    assert row["errors"] == []

@@ -20,7 +20,7 @@ def latest(cells: list[dict]) -> list[dict]:
 
 def scoped_cells(cells: list[dict], meta: dict) -> list[dict]:
     """The cells the board shows: its last run's scope (profile, split, seed tag), entries,
-    models and utterance count, the newest cell per axes."""
+    models, budgets and utterance count, the newest cell per axes."""
     run = meta.get("last_run", {})
     scope = {k: run[k] for k in ("profile", "split", "seed_tag") if k in run}
     cells = [c for c in cells if all(c.get(k) == v for k, v in scope.items())]
@@ -31,6 +31,12 @@ def scoped_cells(cells: list[dict], meta: dict) -> list[dict]:
                  and (c["defense"] in allowed or c["defense"] is None)]
     if run.get("models"):
         cells = [c for c in cells if c["model"] in set(run["models"])]
+    if run.get("budgets"):
+        # an older run of the same profile with other budgets left attack cells under these
+        # axes: without this their self-reported queries and errors joined the board's (the
+        # published board summed linf0.01 cells into snr30-only query counts)
+        budgets = set(run["budgets"])
+        cells = [c for c in cells if c.get("budget") is None or c["budget"] in budgets]
     if run.get("n_utterances"):  # a --limit run's cells share the axes, not the data
         cells = [c for c in cells if len(c["metrics"].get("ids", ())) == run["n_utterances"]]
     return latest(cells)
