@@ -32,8 +32,7 @@ import numpy as np
 from arena.plugins.spec import copy_submission, submission_files
 from arena.sandbox import new_jobdir
 from arena.score.executor import Outcome
-from arena.score.plan import AdaptiveJob, AttackJob, DefenseGroup
-from arena.submissions.entries import Entry
+from arena.score.plan import submission_of, with_submission_folder
 from arena.submissions.manifest import content_hash
 
 LOOPBACK = "127.0.0.1"
@@ -80,14 +79,6 @@ def unpack_submission(files: list[tuple[str, bytes | None]], dest: Path) -> Path
     return dest
 
 
-def _entry_of(job) -> Entry | None:
-    if isinstance(job, AttackJob):
-        return job.attack
-    if isinstance(job, (DefenseGroup, AdaptiveJob)):
-        return job.defense   # an adaptive job serves the defense's purify from its sandbox
-    return None
-
-
 def _localised(job, tmp: Path, submission, model: np.ndarray):
     """The job pointed at copies of its files under `tmp`, each checked against its hash."""
     model_dir = tmp / "model"
@@ -99,17 +90,16 @@ def _localised(job, tmp: Path, submission, model: np.ndarray):
                            f"{job.model.sha256[:12]}")
     with open(model_path, "wb") as f:
         f.write(model.tobytes())
-    changes: dict[str, Any] = {"model": dataclasses.replace(job.model, path=model_path)}
-    entry = _entry_of(job)
+    job = dataclasses.replace(job, model=dataclasses.replace(job.model, path=model_path))
+    entry = submission_of(job)
     if entry is not None:
         folder = unpack_submission(submission, tmp / "submission")
         got = content_hash(folder)
         if got != entry.content_hash:
             raise ClusterError(f"submission {entry.name}: received content hash {got[:12]}, "
                                f"expected {entry.content_hash[:12]}")
-        local = dataclasses.replace(entry, spec=dataclasses.replace(entry.spec, folder=folder))
-        changes["attack" if isinstance(job, AttackJob) else "defense"] = local
-    return dataclasses.replace(job, **changes)
+        job = with_submission_folder(job, folder)
+    return job
 
 
 def run_on_worker(fn: Callable[[Any], Any], job, submission, model: np.ndarray):
@@ -210,7 +200,7 @@ class RayExecutor:
         return self._refs[(kind, key)]
 
     def _submit(self, fn_ref, job):
-        entry = _entry_of(job)
+        entry = submission_of(job)
         sub = self._ref("submission", entry.content_hash, lambda: pack_submission(entry.path)) \
             if entry is not None else None
         # a uint8 array: read zero-copy from the node's object store on the worker

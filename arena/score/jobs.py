@@ -9,7 +9,6 @@ whose purify fails under the adaptive attack (on the utterances it left unanswer
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,8 @@ from arena.score.plan import (
     DefenseGroup,
     Grid,
     TransferJob,
+    submission_of,
+    with_submission_folder,
 )
 from arena.submissions.manifest import content_hash
 from arena.zoo.registry import load_model
@@ -357,7 +358,9 @@ def _pinned(job, dest: Path):
     otherwise read the live folder when it started: an `arena submit --replace` between
     discovery and the job ran the new code under the old version's keys, and putting the
     old version back then reused those cells for code that never produced them."""
-    entry = job.attack if isinstance(job, AttackJob) else job.defense
+    entry = submission_of(job)
+    if entry is None:
+        raise TypeError(f"{type(job).__name__} runs no submission to pin")
     folder = dest / "submission"
     folder.mkdir()
     copy_submission(submission_files(entry.path), folder)   # what the hash covers; no links
@@ -366,8 +369,7 @@ def _pinned(job, dest: Path):
         raise SubmissionChangedError(f"submission {entry.name} changed since this run read it "
                                      f"(content hash {got[:12]}, expected "
                                      f"{entry.content_hash[:12]}); the next run scores it")
-    local = dataclasses.replace(entry, spec=dataclasses.replace(entry.spec, folder=folder))
-    return dataclasses.replace(job, **{"attack" if isinstance(job, AttackJob) else "defense": local})
+    return with_submission_folder(job, folder)
 
 
 def execute(job: AttackJob | AdaptiveJob | DefenseGroup | TransferJob, grid: Grid,

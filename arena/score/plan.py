@@ -9,6 +9,7 @@ and transfer jobs.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -179,6 +180,26 @@ class DefenseGroup:
             r.waves = [self.sets[i.version].waves[i.uid] for i in r.items]
         for s in self.sets:
             s.waves = {}
+
+
+def submission_of(job) -> Entry | None:
+    """The submission a job runs (an adaptive job serves its defense's purify from the
+    defense's sandbox); None for a transfer job, which runs none."""
+    if isinstance(job, AttackJob):
+        return job.attack
+    if isinstance(job, (DefenseGroup, AdaptiveJob)):
+        return job.defense
+    return None
+
+
+def with_submission_folder(job, folder: Path):
+    """The job with its submission's files read from `folder` (a private copy its caller
+    checked against the content hash), everything else as it was."""
+    entry = submission_of(job)
+    if entry is None:
+        raise TypeError(f"{type(job).__name__} runs no submission")
+    local = dataclasses.replace(entry, spec=dataclasses.replace(entry.spec, folder=folder))
+    return dataclasses.replace(job, **{"attack" if isinstance(job, AttackJob) else "defense": local})
 
 
 @dataclass
